@@ -1,0 +1,100 @@
+//! The gate: the value every patient-data query requires, and the memory of what it decided.
+
+use crate::facts::PatientFacts;
+use crate::rules::{decide, Action, Decision, Rules, Subject};
+use epaccs_core::{Principal, Role};
+use std::sync::{Arc, Mutex};
+
+/// One decision the gate made, for the audit record.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub patient_key: Option<String>,
+    /// `Type/id`.
+    pub resource: String,
+    pub decision: Decision,
+}
+
+/// The outcome of gating one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decided<T> {
+    Visible(T),
+    /// Withheld by the sharing rules; `reveal` says whether the caller may be told so.
+    Withheld { reveal: bool, reason: String },
+}
+
+/// A principal's pass through the sharing layer for one request.
+///
+/// The store takes `&Gate` in every function that returns or changes patient data and asks it
+/// about each candidate row; nothing else can say yes.
+#[derive(Debug)]
+pub struct Gate {
+    principal: Principal,
+    rules: Arc<Rules>,
+    now: i64,
+    log: Mutex<Vec<LogEntry>>,
+}
+
+impl Gate {
+    pub fn new(principal: Principal, rules: Arc<Rules>) -> Self {
+        Gate { principal, rules, now: epaccs_fhir::date::now_micros(), log: Mutex::new(Vec::new()) }
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// Whether this caller may be told that withheld data exists.
+    pub fn may_know_withheld(&self) -> bool {
+        self.rules.may_break_glass(self.principal.role)
+    }
+
+    /// Decides a read of one row. `patient` is `None` for data about no person.
+    pub fn check_read(&self, patient: Option<(&str, &PatientFacts)>, resource_type: &str, id: &str, writer_org: &str) -> Decision {
+        self.check(patient, resource_type, id, Some(writer_org), Action::Read)
+    }
+
+    /// Decides a write. `writer_org` is the organisation that wrote the current version, if any.
+    pub fn check_write(&self, patient: Option<(&str, &PatientFacts)>, resource_type: &str, id: &str, writer_org: Option<&str>) -> Decision {
+        self.check(patient, resource_type, id, writer_org, Action::Write)
+    }
+
+    fn check(&self, patient: Option<(&str, &PatientFacts)>, resource_type: &str, id: &str, writer_org: Option<&str>, action: Action) -> Decision {
+        let decision = match patient {
+            Some((_, facts)) => decide(&self.rules, &self.principal, facts, Subject { resource_type, writer_org }, action, self.now),
+            None if resource_type == "AuditEvent" => {
+                if self.principal.role == Role::PrivacyOfficer && action == Action::Read {
+                    Decision::Permit(crate::rules::Basis::Relationship)
+                } else {
+                    Decision::Deny { reveal: false, reason: "only privacy officers read the audit trail".into() }
+                }
+            }
+            None => Decision::Permit(crate::rules::Basis::Relationship),
+        };
+        self.record(patient.map(|(k, _)| k.to_string()), format!("{resource_type}/{id}"), decision.clone());
+        decision
+    }
+
+    /// Records a decision made elsewhere in this layer (e.g. a refusal before any row was read).
+    pub fn record(&self, patient_key: Option<String>, resource: String, decision: Decision) {
+        if let Ok(mut log) = self.log.lock() {
+            log.push(LogEntry { patient_key, resource, decision });
+        }
+    }
+
+    /// Gates a value: visible only if the decision permits.
+    pub fn gated<T>(decision: Decision, value: T) -> Decided<T> {
+        match decision {
+            Decision::Permit(_) | Decision::BreakGlass => Decided::Visible(value),
+            Decision::Deny { reveal, reason } => Decided::Withheld { reveal, reason },
+        }
+    }
+
+    /// Everything decided so far.
+    pub fn log(&self) -> Vec<LogEntry> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
