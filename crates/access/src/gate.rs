@@ -57,6 +57,14 @@ impl Gate {
         self.check(patient, resource_type, id, Some(writer_org), Action::Read)
     }
 
+    /// Decides a read without recording it as a disclosure (for counting what may be seen).
+    pub fn would_read(&self, patient: Option<(&str, &PatientFacts)>, resource_type: &str, writer_org: &str) -> bool {
+        match patient {
+            Some((_, facts)) => decide(&self.rules, &self.principal, facts, Subject { resource_type, writer_org: Some(writer_org) }, Action::Read, self.now).permits(),
+            None => resource_type != "AuditEvent" || self.principal.role == Role::PrivacyOfficer,
+        }
+    }
+
     /// Decides a write. `writer_org` is the organisation that wrote the current version, if any.
     pub fn check_write(&self, patient: Option<(&str, &PatientFacts)>, resource_type: &str, id: &str, writer_org: Option<&str>) -> Decision {
         self.check(patient, resource_type, id, writer_org, Action::Write)

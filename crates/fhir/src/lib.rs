@@ -2,6 +2,7 @@
 
 pub mod date;
 pub mod registry;
+pub mod query;
 pub mod search;
 pub mod validate;
 

@@ -154,7 +154,7 @@ impl ParamDef {
                 for s in strings_of(node) {
                     let value = normalize(&s);
                     if !value.is_empty() {
-                        rows.strings.push(StringRow { param: param(), value });
+                        rows.strings.push(StringRow { param: param(), value, raw: s });
                     }
                 }
             }
@@ -303,7 +303,10 @@ pub struct TokenRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StringRow {
     pub param: String,
+    /// Folded for the default and `:contains` searches.
     pub value: String,
+    /// As written, for `:exact`.
+    pub raw: String,
 }
 #[derive(Debug, Clone, PartialEq)]
 pub struct DateRow {
@@ -370,9 +373,9 @@ mod tests {
         let rows = sp.index("Patient", &p);
         assert!(rows.tokens.contains(&TokenRow { param: "identifier".into(), system: "https://fhir.nhs.uk/Id/nhs-number".into(), code: "9434765919".into() }));
         assert!(rows.tokens.contains(&TokenRow { param: "deceased".into(), system: String::new(), code: "false".into() }));
-        assert!(rows.strings.contains(&StringRow { param: "family".into(), value: "obriain".into() }));
-        assert!(rows.strings.contains(&StringRow { param: "given".into(), value: "sean".into() }));
-        assert!(rows.strings.contains(&StringRow { param: "address-postalcode".into(), value: "ls14ap".into() }));
+        assert!(rows.strings.contains(&StringRow { param: "family".into(), value: "obriain".into(), raw: "Ó Briain".into() }));
+        assert!(rows.strings.contains(&StringRow { param: "given".into(), value: "sean".into(), raw: "Seán".into() }));
+        assert!(rows.strings.contains(&StringRow { param: "address-postalcode".into(), value: "ls14ap".into(), raw: "LS1 4AP".into() }));
         assert!(rows.references.contains(&RefRow { param: "general-practitioner".into(), target_type: "Organization".into(), target_id: "gp1".into() }));
         assert_eq!(rows.dates.len(), 1);
     }

@@ -1,1 +1,149 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+pub mod audit;
+pub mod clients;
+pub mod db;
+mod facts;
+pub mod resources;
+pub mod search;
+mod writer;
+
+pub use db::{DatabaseUrl, DbConn};
+pub use resources::{HistoryEntry, Put, Stored, WriteOp, Written};
+
+use epaccs_fhir::search::SearchParams;
+use epaccs_fhir::Issue;
+use std::sync::Arc;
+
+/// Everything that can go wrong in the store, each mapped to one HTTP status by the API.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("deleted")]
+    Gone { version_id: i64, last_updated: i64 },
+    /// Withheld by the sharing rules; `reveal` says whether the caller may be told.
+    #[error("{reason}")]
+    Withheld { reveal: bool, reason: String },
+    /// A write refused by the sharing rules.
+    #[error("{reason}")]
+    Forbidden { reveal: bool, reason: String },
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{}", .0.first().map(|i| i.message.clone()).unwrap_or_default())]
+    Unprocessable(Vec<Issue>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    pub fn unprocessable(path: impl Into<String>, message: impl Into<String>) -> Self {
+        StoreError::Unprocessable(vec![Issue::error("processing", Some(path.into()), message)])
+    }
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match &e {
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => StoreError::Conflict("a concurrent write changed this resource; retry".into()),
+            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => StoreError::Conflict("a concurrent write changed this resource; retry".into()),
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) | Error::BrokenTransactionManager => {
+                StoreError::Unavailable("lost the database connection".into())
+            }
+            Error::DatabaseError(_, info) if info.message().contains("database is locked") => {
+                StoreError::Unavailable("the database is busy".into())
+            }
+            _ => {
+                tracing::error!(error = %e, "database error");
+                StoreError::Internal("database error".into())
+            }
+        }
+    }
+}
+
+impl From<r2d2_error::PoolError> for StoreError {
+    fn from(e: r2d2_error::PoolError) -> Self {
+        tracing::error!(error = %e, "no database connection");
+        StoreError::Unavailable("no database connection available".into())
+    }
+}
+
+mod r2d2_error {
+    pub type PoolError = diesel::r2d2::PoolError;
+}
+
+/// The store: a read pool, the group-commit writer and the search parameter definitions.
+#[derive(Clone)]
+pub struct Store {
+    pool: db::Pool,
+    writer: writer::Writer,
+    params: Arc<SearchParams>,
+    backend: &'static str,
+}
+
+/// Options for opening the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub pool_size: u32,
+    pub connect_timeout: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { pool_size: 16, connect_timeout: std::time::Duration::from_secs(5) }
+    }
+}
+
+impl Store {
+    /// Runs migrations, opens the pool and starts the writer.
+    pub fn open(url: &DatabaseUrl, params: Arc<SearchParams>, opts: StoreOptions) -> Result<Store, StoreError> {
+        url.migrate().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let pool = diesel::r2d2::Pool::builder()
+            .max_size(opts.pool_size)
+            .connection_timeout(opts.connect_timeout)
+            .build(db::Manager(url.clone()))
+            .map_err(|e| StoreError::Unavailable(format!("cannot open the connection pool: {e}")))?;
+        let writer = writer::Writer::start(url.clone())?;
+        let backend = if url.is_sqlite() { "sqlite" } else { "postgres" };
+        Ok(Store { pool, writer, params, backend })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    pub fn params(&self) -> &Arc<SearchParams> {
+        &self.params
+    }
+
+    /// Runs `f` on a pooled connection on the blocking pool.
+    pub async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("worker failed: {e}")))?
+    }
+
+    /// Runs `f` in the next group commit; resolves once it is durable.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.submit(f).await
+    }
+}

@@ -1,0 +1,250 @@
+//! Connections: one diesel `MultiConnection` over PostgreSQL and SQLite, the backend picked
+//! explicitly from the URL scheme (a mistyped Postgres URL must not quietly become a file).
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::{Pg, PgConnection};
+use diesel::query_builder::BoxedSqlQuery;
+use diesel::r2d2::{self, ManageConnection};
+use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
+use diesel::sqlite::{Sqlite, SqliteConnection};
+use diesel::{Connection, QueryResult, QueryableByName, RunQueryDsl};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::path::PathBuf;
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    Pg(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+
+/// A database location, parsed once from `EPACCS_DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    Sqlite(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid database URL {url:?}: {why}")]
+pub struct UrlError {
+    pub url: String,
+    pub why: String,
+}
+
+impl DatabaseUrl {
+    /// `postgres://...` / `postgresql://...`, or `sqlite://PATH` (`sqlite:///abs/path` for an
+    /// absolute path). Anything else is refused.
+    pub fn parse(url: &str) -> Result<Self, UrlError> {
+        let err = |why: &str| UrlError { url: url.to_string(), why: why.to_string() };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            if url.len() <= "postgres://".len() + 1 {
+                return Err(err("no host"));
+            }
+            Ok(DatabaseUrl::Postgres(url.to_string()))
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(err("no file path after sqlite://"));
+            }
+            Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
+        } else {
+            Err(err("expected a postgres://, postgresql:// or sqlite:// URL"))
+        }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self, DatabaseUrl::Sqlite(_))
+    }
+
+    /// Opens one connection, with the per-connection settings each backend needs.
+    pub fn connect(&self, writer: bool) -> Result<DbConn, ConnError> {
+        match self {
+            DatabaseUrl::Postgres(u) => Ok(DbConn::Pg(PgConnection::establish(u)?)),
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|e| ConnError::Setup(format!("cannot create {}: {e}", parent.display())))?;
+                }
+                let p = path.to_str().ok_or_else(|| ConnError::Setup("the SQLite path is not UTF-8".into()))?;
+                let mut c = SqliteConnection::establish(p)?;
+                // WAL: readers never block the writer. synchronous=FULL: every commit is fsync'd,
+                // so an acknowledged write survives power loss; group commit keeps it fast.
+                c.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")?;
+                if writer {
+                    c.batch_execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+                }
+                Ok(DbConn::Sqlite(c))
+            }
+        }
+    }
+
+    /// Runs the embedded migrations of this backend.
+    pub fn migrate(&self) -> Result<Vec<String>, ConnError> {
+        let mut conn = self.connect(true)?;
+        let applied = match &mut conn {
+            DbConn::Pg(c) => c.run_pending_migrations(PG_MIGRATIONS).map(|v| v.iter().map(|m| m.to_string()).collect()),
+            DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.iter().map(|m| m.to_string()).collect()),
+        };
+        applied.map_err(|e| ConnError::Setup(format!("migration failed: {e}")))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("database setup failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// r2d2 manager that builds the right variant for the URL.
+#[derive(Debug, Clone)]
+pub struct Manager(pub DatabaseUrl);
+
+impl ManageConnection for Manager {
+    type Connection = DbConn;
+    type Error = ConnError;
+
+    fn connect(&self) -> Result<DbConn, ConnError> {
+        self.0.connect(false)
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), ConnError> {
+        conn.batch_execute("SELECT 1").map_err(ConnError::from)
+    }
+
+    fn has_broken(&self, _conn: &mut DbConn) -> bool {
+        false
+    }
+}
+
+pub type Pool = r2d2::Pool<Manager>;
+
+/// A bind value for hand-written SQL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bind {
+    Text(String),
+    OptText(Option<String>),
+    Int(i64),
+    Bool(bool),
+    Float(f64),
+}
+
+/// Hand-written SQL with numbered placeholders. Each `bind` appends `$n`; both backends accept
+/// `$n` (SQLite numbers them in order of appearance, so each is used once, in order).
+#[derive(Debug, Default, Clone)]
+pub struct Sql {
+    pub text: String,
+    pub binds: Vec<Bind>,
+}
+
+impl Sql {
+    pub fn new(text: &str) -> Self {
+        Sql { text: text.to_string(), binds: Vec::new() }
+    }
+
+    pub fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    pub fn bind(&mut self, b: Bind) -> &mut Self {
+        self.binds.push(b);
+        self.text.push_str(&format!("${}", self.binds.len()));
+        self
+    }
+
+    pub fn text(&mut self, s: impl Into<String>) -> &mut Self {
+        self.bind(Bind::Text(s.into()))
+    }
+
+    pub fn int(&mut self, i: i64) -> &mut Self {
+        self.bind(Bind::Int(i))
+    }
+
+    /// Appends another fragment, renumbering its placeholders.
+    pub fn append(&mut self, other: &Sql) -> &mut Self {
+        let mut rest = other.text.as_str();
+        let mut bi = other.binds.iter();
+        while let Some(pos) = rest.find('$') {
+            self.text.push_str(&rest[..pos]);
+            let after = &rest[pos + 1..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                self.text.push('$');
+                rest = after;
+                continue;
+            }
+            if let Some(b) = bi.next() {
+                self.bind(b.clone());
+            }
+            rest = &after[digits..];
+        }
+        self.text.push_str(rest);
+        self
+    }
+}
+
+macro_rules! with_binds {
+    ($backend:ty, $sql:expr) => {{
+        let mut q: BoxedSqlQuery<'static, $backend, _> = diesel::sql_query($sql.text.clone()).into_boxed();
+        for b in &$sql.binds {
+            q = match b.clone() {
+                Bind::Text(s) => q.bind::<Text, _>(s),
+                Bind::OptText(s) => q.bind::<Nullable<Text>, _>(s),
+                Bind::Int(i) => q.bind::<BigInt, _>(i),
+                Bind::Bool(v) => q.bind::<Bool, _>(v),
+                Bind::Float(f) => q.bind::<Double, _>(f),
+            };
+        }
+        q
+    }};
+}
+
+/// Runs a query and loads its rows.
+pub fn load<R>(conn: &mut DbConn, sql: &Sql) -> QueryResult<Vec<R>>
+where
+    R: QueryableByName<Pg> + QueryableByName<Sqlite> + 'static,
+{
+    match conn {
+        DbConn::Pg(c) => with_binds!(Pg, sql).load(c),
+        DbConn::Sqlite(c) => with_binds!(Sqlite, sql).load(c),
+    }
+}
+
+/// Runs a statement; returns the number of rows changed.
+pub fn execute(conn: &mut DbConn, sql: &Sql) -> QueryResult<usize> {
+    match conn {
+        DbConn::Pg(c) => with_binds!(Pg, sql).execute(c),
+        DbConn::Sqlite(c) => with_binds!(Sqlite, sql).execute(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_explicit() {
+        assert!(matches!(DatabaseUrl::parse("postgres://postgres@127.0.0.1/x"), Ok(DatabaseUrl::Postgres(_))));
+        assert_eq!(DatabaseUrl::parse("sqlite://data/e.db").ok(), Some(DatabaseUrl::Sqlite("data/e.db".into())));
+        assert_eq!(DatabaseUrl::parse("sqlite:///tmp/e.db").ok(), Some(DatabaseUrl::Sqlite("/tmp/e.db".into())));
+        for bad in ["postgress://x", "data/e.db", "sqlite://", "mysql://x", ""] {
+            assert!(DatabaseUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fragments_renumber() {
+        let mut a = Sql::new("a = ");
+        a.int(1);
+        let mut b = Sql::new(" AND b = ");
+        b.int(2).push(" AND c = ").int(3);
+        a.append(&b);
+        assert_eq!(a.text, "a = $1 AND b = $2 AND c = $3");
+        assert_eq!(a.binds.len(), 3);
+    }
+}

@@ -1,0 +1,96 @@
+//! Group commit: one writer thread owns the write connection. Each job runs in its own savepoint
+//! inside a shared transaction; the batch commits once (one fsync) and every job is answered only
+//! after that commit. A 2xx therefore always means durable, and many writers share one fsync.
+
+use crate::db::{DatabaseUrl, DbConn};
+use crate::StoreError;
+use diesel::connection::SimpleConnection;
+use diesel::Connection;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&mut DbConn) -> Completion + Send>;
+
+/// The most jobs committed together.
+const MAX_BATCH: usize = 512;
+/// How long a request waits for its batch before answering 503.
+const WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    pub fn start(url: DatabaseUrl) -> Result<Writer, StoreError> {
+        let conn = url.connect(true).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<Job>(8192);
+        std::thread::Builder::new()
+            .name("epaccs-writer".into())
+            .spawn(move || run(url, conn, rx))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Writer { tx })
+    }
+
+    /// Runs `f` in the next batch; resolves after the batch has committed durably.
+    pub async fn submit<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel::<Result<T, StoreError>>();
+        let job: Job = Box::new(move |conn: &mut DbConn| {
+            // A nested transaction is a savepoint: a failing job undoes only itself.
+            let result = conn.transaction(|c| f(c));
+            Box::new(move |committed: Result<(), StoreError>| {
+                let _ = done_tx.send(committed.and(result));
+            }) as Completion
+        });
+        self.tx.send(job).await.map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        match tokio::time::timeout(WAIT, done_rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(StoreError::Unavailable("the database did not accept the write".into())),
+            Err(_) => Err(StoreError::Unavailable("timed out waiting for the database".into())),
+        }
+    }
+}
+
+fn run(url: DatabaseUrl, conn: DbConn, mut rx: mpsc::Receiver<Job>) {
+    let mut conn = Some(conn);
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if conn.is_none() {
+            conn = url.connect(true).ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            // Dropping the jobs answers them 503; the next batch tries to reconnect.
+            tracing::error!(jobs = jobs.len(), "database unavailable; writes refused");
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
+        let result = c.transaction::<(), diesel::result::Error, _>(|c| {
+            for job in jobs {
+                completions.push(job(c));
+            }
+            Ok(())
+        });
+        let outcome = result.map_err(|e| {
+            tracing::error!(error = %e, "group commit failed");
+            StoreError::Unavailable("the database could not commit".into())
+        });
+        if outcome.is_err() && c.batch_execute("SELECT 1").is_err() {
+            conn = None;
+        }
+        for done in completions {
+            done(outcome.clone());
+        }
+    }
+}

@@ -1,0 +1,13 @@
+DROP TABLE server_key;
+DROP TABLE client_jti;
+DROP TABLE client;
+DROP TABLE audit_patient;
+DROP TABLE audit_event;
+DROP TABLE patient_access;
+DROP TABLE search_quantity;
+DROP TABLE search_reference;
+DROP TABLE search_date;
+DROP TABLE search_string;
+DROP TABLE search_token;
+DROP TABLE resource_version;
+DROP TABLE resource;
