@@ -79,6 +79,13 @@ mod r2d2_error {
     pub type PoolError = diesel::r2d2::PoolError;
 }
 
+/// Runs `f` in a savepoint of the current transaction: its changes are undone if it fails,
+/// while the enclosing transaction (e.g. the audit record of the same request) goes on.
+pub fn savepoint<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    use diesel::Connection;
+    conn.transaction(f)
+}
+
 /// The store: a read pool, the group-commit writer and the search parameter definitions.
 #[derive(Clone)]
 pub struct Store {

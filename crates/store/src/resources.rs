@@ -611,3 +611,15 @@ pub fn compartment(conn: &mut DbConn, gate: &Gate, patient_key: &str, types: &[&
     }
     Ok((out, withheld))
 }
+
+/// Live Patient ids whose family name, birth date and postcode all match exactly (after
+/// folding case, accents and spaces). Not gated: the caller uses the count to refuse to guess
+/// between people, and gates the single match before showing anything.
+pub fn patients_by_demographics(conn: &mut DbConn, family: &str, birth: epaccs_fhir::date::Range, postcode: &str) -> Result<Vec<String>, StoreError> {
+    let mut sql = Sql::new("SELECT r.id FROM resource r WHERE r.res_type = 'Patient' AND r.deleted = FALSE");
+    sql.push(" AND r.id IN (SELECT id FROM search_string WHERE res_type = 'Patient' AND param = 'family' AND value = ").text(family).push(")");
+    sql.push(" AND r.id IN (SELECT id FROM search_date WHERE res_type = 'Patient' AND param = 'birthdate' AND low = ").int(birth.low);
+    sql.push(" AND high = ").int(birth.high).push(")");
+    sql.push(" AND r.id IN (SELECT id FROM search_string WHERE res_type = 'Patient' AND param = 'address-postalcode' AND value = ").text(postcode).push(")");
+    Ok(load::<IdRow>(conn, &sql)?.into_iter().map(|r| r.id).collect())
+}

@@ -1,0 +1,85 @@
+//! The `epaccs` service: settings, start-up and the CLI's building blocks. See README.md.
+
+use anyhow::{bail, Context};
+use epaccs_access::Rules;
+use epaccs_api::{AppState, Limits};
+use epaccs_auth::TokenService;
+use epaccs_fhir::search::SearchParams;
+use epaccs_store::{DatabaseUrl, Store, StoreOptions};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+pub mod cli;
+
+/// Every setting of the service. Each comes from a flag or its `EPACCS_*` environment variable;
+/// a malformed value stops start-up with a message naming it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: DatabaseUrl,
+    pub listen: SocketAddr,
+    /// Absolute base URL used in Location headers and links; by default `http://<listen>`.
+    pub base_url: Option<String>,
+    pub workers: usize,
+    pub pool_size: u32,
+    pub rules: Rules,
+    pub limits: Limits,
+}
+
+impl Settings {
+    pub fn parse_base_url(raw: &str) -> anyhow::Result<String> {
+        let u = url::Url::parse(raw).with_context(|| format!("EPACCS_BASE_URL {raw:?} is not an absolute URL"))?;
+        if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+            bail!("EPACCS_BASE_URL {raw:?} must be an http(s) URL with a host");
+        }
+        if u.query().is_some() || u.fragment().is_some() {
+            bail!("EPACCS_BASE_URL {raw:?} must not have a query or fragment");
+        }
+        Ok(raw.trim_end_matches('/').to_string())
+    }
+
+    pub fn load_rules(path: Option<&str>) -> anyhow::Result<Rules> {
+        match path {
+            None => Ok(Rules::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read EPACCS_SHARING_RULES file {p}"))?;
+                Rules::from_json(&text).with_context(|| format!("EPACCS_SHARING_RULES file {p} is not valid"))
+            }
+        }
+    }
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub store: Store,
+    pub handle: actix_web::dev::ServerHandle,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting requests and waits for in-flight ones to finish.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.server.await;
+    }
+}
+
+/// Opens the database (running migrations), loads keys, binds and starts serving.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let params = Arc::new(SearchParams::shipped().context("the shipped search parameter definitions are invalid")?);
+    let url = settings.database_url.clone();
+    let opts = StoreOptions { pool_size: settings.pool_size, ..Default::default() };
+    let store = tokio::task::spawn_blocking(move || Store::open(&url, params, opts))
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
+    let listener = TcpListener::bind(settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let base_url = settings.base_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let tokens = TokenService::new(store.clone(), &base_url).await.map_err(|e| anyhow::anyhow!("cannot load the signing key: {e}"))?;
+    let state = AppState { store: store.clone(), tokens: Arc::new(tokens), rules: Arc::new(settings.rules.clone()), base_url: base_url.clone(), limits: settings.limits.clone() };
+    let server = epaccs_api::server(state, listener, settings.workers)?;
+    let handle = server.handle();
+    let server = tokio::spawn(server);
+    Ok(Running { addr, base_url, store, handle, server })
+}
