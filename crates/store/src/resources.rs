@@ -423,12 +423,31 @@ fn insert_new(conn: &mut DbConn, gate: &Gate, id: &str, put: Put) -> Result<Writ
     sql.push(", FALSE, ").int(now).push(", ").text(content.clone()).push(")");
     execute(conn, &sql)?;
     insert_version(conn, put.kind.name, id, 1, key.as_deref(), &org, false, now, put.method, &content)?;
-    insert_index(conn, put.kind.name, id, &put.index)?;
+    insert_index(conn, put.kind.name, id, &index_with_link(&put, key.as_deref()))?;
     if let Some(k) = &key {
         facts::after_write(conn, k, put.kind.name, Some(&org))?;
     }
     let stored = Stored { resource_type: put.kind.name.to_string(), id: id.to_string(), version_id: 1, last_updated: now, deleted: false, patient_key: key, content };
     Ok(Written { stored, status: WriteStatus::Created })
+}
+
+/// A resource that names its patient by NHS number (or through another resource) is indexed
+/// as if it referenced `Patient/{key}`, so `?patient=` and `?subject=` find it.
+fn index_with_link(put: &Put, key: Option<&str>) -> IndexRows {
+    let mut rows = put.index.clone();
+    if let (Some(k), PatientLink::Nhs(_) | PatientLink::Via { .. }) = (key, &put.link) {
+        let mut params = vec!["patient"];
+        if put.kind.patient_elements.first() == Some(&"subject") {
+            params.push("subject");
+        }
+        for p in params {
+            let row = epaccs_fhir::search::RefRow { param: p.to_string(), target_type: "Patient".into(), target_id: k.to_string() };
+            if !rows.references.contains(&row) {
+                rows.references.push(row);
+            }
+        }
+    }
+    rows
 }
 
 fn deny_write(d: Decision) -> Result<(), StoreError> {
@@ -485,7 +504,7 @@ fn update(conn: &mut DbConn, gate: &Gate, id: &str, put: Put, if_match: Option<i
     }
     insert_version(conn, put.kind.name, id, version, key.as_deref(), &org, false, now, put.method, &content)?;
     delete_index(conn, put.kind.name, id)?;
-    insert_index(conn, put.kind.name, id, &put.index)?;
+    insert_index(conn, put.kind.name, id, &index_with_link(&put, key.as_deref()))?;
     if let Some(k) = &key {
         facts::after_write(conn, k, put.kind.name, Some(&org))?;
     }

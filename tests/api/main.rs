@@ -1,0 +1,11 @@
+//! Integration tests: the real server on a random port, a fresh database (a temporary SQLite
+//! file, or a freshly created PostgreSQL database), real keys, real signed client assertions and
+//! real access tokens. Every scenario runs on both backends.
+
+mod helpers;
+
+mod auth;
+mod emergency;
+mod rest;
+mod search;
+mod sharing;
