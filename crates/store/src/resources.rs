@@ -417,13 +417,14 @@ fn insert_new(conn: &mut DbConn, gate: &Gate, id: &str, put: Put) -> Result<Writ
     check_unique_person(conn, &put, id)?;
     let now = date::now_micros();
     let org = gate.principal().org.to_string();
+    let index = index_with_link(&put, key.as_deref());
     let content = finalize(put.body, put.kind.name, id, 1, now)?;
     let mut sql = Sql::new("INSERT INTO resource (res_type, id, version_id, patient_key, writer_org, deleted, last_updated, content) VALUES (");
     sql.text(put.kind.name).push(", ").text(id).push(", 1, ").bind(Bind::OptText(key.clone())).push(", ").text(org.clone());
     sql.push(", FALSE, ").int(now).push(", ").text(content.clone()).push(")");
     execute(conn, &sql)?;
     insert_version(conn, put.kind.name, id, 1, key.as_deref(), &org, false, now, put.method, &content)?;
-    insert_index(conn, put.kind.name, id, &index_with_link(&put, key.as_deref()))?;
+    insert_index(conn, put.kind.name, id, &index)?;
     if let Some(k) = &key {
         facts::after_write(conn, k, put.kind.name, Some(&org))?;
     }
@@ -494,6 +495,7 @@ fn update(conn: &mut DbConn, gate: &Gate, id: &str, put: Put, if_match: Option<i
     let now = date::now_micros().max(current.last_updated + 1);
     let version = current.version_id + 1;
     let org = gate.principal().org.to_string();
+    let index = index_with_link(&put, key.as_deref());
     let content = finalize(put.body, put.kind.name, id, version, now)?;
     let mut sql = Sql::new("UPDATE resource SET version_id = ");
     sql.int(version).push(", patient_key = ").bind(Bind::OptText(key.clone())).push(", writer_org = ").text(org.clone());
@@ -504,7 +506,7 @@ fn update(conn: &mut DbConn, gate: &Gate, id: &str, put: Put, if_match: Option<i
     }
     insert_version(conn, put.kind.name, id, version, key.as_deref(), &org, false, now, put.method, &content)?;
     delete_index(conn, put.kind.name, id)?;
-    insert_index(conn, put.kind.name, id, &index_with_link(&put, key.as_deref()))?;
+    insert_index(conn, put.kind.name, id, &index)?;
     if let Some(k) = &key {
         facts::after_write(conn, k, put.kind.name, Some(&org))?;
     }
