@@ -10,7 +10,11 @@ use epaccs_store::{clients, DatabaseUrl};
 use std::net::SocketAddr;
 
 #[derive(Parser, Debug)]
-#[command(name = "epaccs", version, about = "Shared end-of-life care record (EPaCCS) over FHIR R4")]
+#[command(
+    name = "epaccs",
+    version,
+    about = "Shared end-of-life care record (EPaCCS) over FHIR R4"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -30,7 +34,11 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct DbArgs {
     /// sqlite://PATH or postgres://USER@HOST:PORT/DB
-    #[arg(long, env = "EPACCS_DATABASE_URL", default_value = "sqlite://data/epaccs.db")]
+    #[arg(
+        long,
+        env = "EPACCS_DATABASE_URL",
+        default_value = "sqlite://data/epaccs.db"
+    )]
     pub database_url: String,
 }
 
@@ -100,7 +108,11 @@ pub struct RegisterArgs {
     /// Space-separated system scopes the client may be granted.
     #[arg(long)]
     pub scopes: String,
-    #[arg(long, conflicts_with = "jwks_url", required_unless_present = "jwks_url")]
+    #[arg(
+        long,
+        conflicts_with = "jwks_url",
+        required_unless_present = "jwks_url"
+    )]
     pub jwks_file: Option<String>,
     #[arg(long)]
     pub jwks_url: Option<String>,
@@ -132,17 +144,31 @@ pub struct TokenArgs {
 }
 
 fn parse_num<T: std::str::FromStr>(name: &str, raw: &str) -> anyhow::Result<T> {
-    raw.trim().parse().map_err(|_| anyhow::anyhow!("{name} {raw:?} is not a valid number"))
+    raw.trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{name} {raw:?} is not a valid number"))
 }
 
 impl ServeArgs {
     pub fn settings(&self) -> anyhow::Result<Settings> {
-        let database_url = DatabaseUrl::parse(&self.db.database_url).context("EPACCS_DATABASE_URL")?;
-        let listen: SocketAddr = self.listen.parse().map_err(|_| anyhow::anyhow!("EPACCS_LISTEN {:?} is not an address like 127.0.0.1:8080", self.listen))?;
-        let base_url = self.base_url.as_deref().map(Settings::parse_base_url).transpose()?;
+        let database_url =
+            DatabaseUrl::parse(&self.db.database_url).context("EPACCS_DATABASE_URL")?;
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "EPACCS_LISTEN {:?} is not an address like 127.0.0.1:8080",
+                self.listen
+            )
+        })?;
+        let base_url = self
+            .base_url
+            .as_deref()
+            .map(Settings::parse_base_url)
+            .transpose()?;
         let workers = match &self.workers {
             Some(w) => parse_num::<usize>("EPACCS_WORKERS", w)?,
-            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
         };
         if workers == 0 {
             bail!("EPACCS_WORKERS must be at least 1");
@@ -153,7 +179,18 @@ impl ServeArgs {
         }
         let max_body_bytes = parse_num::<usize>("EPACCS_MAX_BODY_BYTES", &self.max_body_bytes)?;
         let rules = Settings::load_rules(self.sharing_rules.as_deref())?;
-        Ok(Settings { database_url, listen, base_url, workers, pool_size, rules, limits: Limits { max_body_bytes, ..Limits::default() } })
+        Ok(Settings {
+            database_url,
+            listen,
+            base_url,
+            workers,
+            pool_size,
+            rules,
+            limits: Limits {
+                max_body_bytes,
+                ..Limits::default()
+            },
+        })
     }
 }
 
@@ -164,7 +201,15 @@ fn connect(db: &DbArgs) -> anyhow::Result<epaccs_store::DbConn> {
 }
 
 /// Registers a client directly in the database.
-pub fn register(db: &DbArgs, client_id: &str, org: &str, role: &str, scopes: &str, jwks: Option<String>, jwks_url: Option<String>) -> anyhow::Result<()> {
+pub fn register(
+    db: &DbArgs,
+    client_id: &str,
+    org: &str,
+    role: &str,
+    scopes: &str,
+    jwks: Option<String>,
+    jwks_url: Option<String>,
+) -> anyhow::Result<()> {
     let org = OdsCode::parse(org)?;
     let role: Role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     Scopes::parse_strict(scopes)?;
@@ -201,7 +246,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let running = crate::start(settings).await?;
             tracing::info!(addr = %running.addr, base = %running.base_url, backend = running.store.backend(), "epaccs serving");
-            println!("epaccs serving FHIR R4 at {} ({})", running.base_url, running.store.backend());
+            println!(
+                "epaccs serving FHIR R4 at {} ({})",
+                running.base_url,
+                running.store.backend()
+            );
             running.server.await??;
             Ok(())
         }
@@ -212,15 +261,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Client(ClientCommand::Register(a)) => {
-            let jwks = a.jwks_file.as_deref().map(std::fs::read_to_string).transpose().context("cannot read --jwks-file")?;
-            register(&a.db, &a.client_id, &a.org, &a.role, &a.scopes, jwks, a.jwks_url.clone())?;
+            let jwks = a
+                .jwks_file
+                .as_deref()
+                .map(std::fs::read_to_string)
+                .transpose()
+                .context("cannot read --jwks-file")?;
+            register(
+                &a.db,
+                &a.client_id,
+                &a.org,
+                &a.role,
+                &a.scopes,
+                jwks,
+                a.jwks_url.clone(),
+            )?;
             println!("registered client {}", a.client_id);
             Ok(())
         }
         Command::Client(ClientCommand::List(db)) => {
             let mut conn = connect(&db)?;
             for c in clients::list(&mut conn).map_err(|e| anyhow::anyhow!("{e}"))? {
-                println!("{}\t{}\t{}\t{}\t{}", c.client_id, c.org, c.role, if c.revoked { "revoked" } else { "active" }, c.scopes);
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    c.client_id,
+                    c.org,
+                    c.role,
+                    if c.revoked { "revoked" } else { "active" },
+                    c.scopes
+                );
             }
             Ok(())
         }
@@ -237,7 +306,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pem = keys::generate_client_key(alg)?;
             std::fs::write(&out, &pem).with_context(|| format!("cannot write {out}"))?;
             let jwk = keys::public_jwk(&pem, alg)?;
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"keys": [jwk]}))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"keys": [jwk]}))?
+            );
             Ok(())
         }
         Command::Client(ClientCommand::Token(a)) => {
@@ -252,7 +324,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 pub async fn fetch_token(a: &TokenArgs) -> anyhow::Result<String> {
     let alg = ClientAlg::parse(&a.alg)?;
     let pem = std::fs::read_to_string(&a.key).with_context(|| format!("cannot read {}", a.key))?;
-    let kid = keys::public_jwk(&pem, alg)?["kid"].as_str().unwrap_or_default().to_string();
+    let kid = keys::public_jwk(&pem, alg)?["kid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let token_url = format!("{}/auth/token", a.url.trim_end_matches('/'));
     let mut iua = serde_json::Map::new();
     if let Some(u) = &a.user {
@@ -265,12 +340,16 @@ pub async fn fetch_token(a: &TokenArgs) -> anyhow::Result<String> {
         iua.insert("break_glass_reason".into(), serde_json::json!(r));
     }
     let extra = (!iua.is_empty()).then(|| serde_json::json!({"extensions": {"ihe_iua": iua}}));
-    let assertion = keys::sign_assertion(&pem, alg, &kid, &a.client_id, &token_url, extra.as_ref())?;
+    let assertion =
+        keys::sign_assertion(&pem, alg, &kid, &a.client_id, &token_url, extra.as_ref())?;
     let resp = reqwest::Client::new()
         .post(&token_url)
         .form(&[
             ("grant_type", "client_credentials"),
-            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
             ("client_assertion", assertion.as_str()),
             ("scope", a.scope.as_str()),
         ])
@@ -278,11 +357,17 @@ pub async fn fetch_token(a: &TokenArgs) -> anyhow::Result<String> {
         .await
         .context("cannot reach the token endpoint")?;
     let status = resp.status();
-    let body: serde_json::Value = resp.json().await.context("the token endpoint did not answer JSON")?;
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .context("the token endpoint did not answer JSON")?;
     if !status.is_success() {
         bail!("token refused ({status}): {body}");
     }
-    Ok(body["access_token"].as_str().unwrap_or_default().to_string())
+    Ok(body["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// `serve --demo`: a GP client with a local key, so a newcomer can get a token at once.
@@ -298,8 +383,19 @@ fn demo_client(db: &DbArgs, settings: &Settings) -> anyhow::Result<()> {
         }
     };
     let jwk = keys::public_jwk(&pem, ClientAlg::Es384)?;
-    register(db, "demo-gp", "A81001", "gp", "system/*.*", Some(serde_json::json!({"keys": [jwk]}).to_string()), None)?;
-    let base = settings.base_url.clone().unwrap_or_else(|| format!("http://{}", settings.listen));
+    register(
+        db,
+        "demo-gp",
+        "A81001",
+        "gp",
+        "system/*.*",
+        Some(serde_json::json!({"keys": [jwk]}).to_string()),
+        None,
+    )?;
+    let base = settings
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", settings.listen));
     println!("demo client 'demo-gp' (GP practice A81001) registered; key at {key_path}");
     println!("get a token:  cargo run --release -- client token --url {base} --client-id demo-gp --key {key_path} --scope 'system/*.*'");
     Ok(())

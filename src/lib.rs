@@ -27,7 +27,8 @@ pub struct Settings {
 
 impl Settings {
     pub fn parse_base_url(raw: &str) -> anyhow::Result<String> {
-        let u = url::Url::parse(raw).with_context(|| format!("EPACCS_BASE_URL {raw:?} is not an absolute URL"))?;
+        let u = url::Url::parse(raw)
+            .with_context(|| format!("EPACCS_BASE_URL {raw:?} is not an absolute URL"))?;
         if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
             bail!("EPACCS_BASE_URL {raw:?} must be an http(s) URL with a host");
         }
@@ -41,8 +42,10 @@ impl Settings {
         match path {
             None => Ok(Rules::default()),
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read EPACCS_SHARING_RULES file {p}"))?;
-                Rules::from_json(&text).with_context(|| format!("EPACCS_SHARING_RULES file {p} is not valid"))
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read EPACCS_SHARING_RULES file {p}"))?;
+                Rules::from_json(&text)
+                    .with_context(|| format!("EPACCS_SHARING_RULES file {p} is not valid"))
             }
         }
     }
@@ -67,19 +70,42 @@ impl Running {
 
 /// Opens the database (running migrations), loads keys, binds and starts serving.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
-    let params = Arc::new(SearchParams::shipped().context("the shipped search parameter definitions are invalid")?);
+    let params = Arc::new(
+        SearchParams::shipped().context("the shipped search parameter definitions are invalid")?,
+    );
     let url = settings.database_url.clone();
-    let opts = StoreOptions { pool_size: settings.pool_size, ..Default::default() };
+    let opts = StoreOptions {
+        pool_size: settings.pool_size,
+        ..Default::default()
+    };
     let store = tokio::task::spawn_blocking(move || Store::open(&url, params, opts))
         .await?
         .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
-    let listener = TcpListener::bind(settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let listener = TcpListener::bind(settings.listen)
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let base_url = settings.base_url.clone().unwrap_or_else(|| format!("http://{addr}"));
-    let tokens = TokenService::new(store.clone(), &base_url).await.map_err(|e| anyhow::anyhow!("cannot load the signing key: {e}"))?;
-    let state = AppState { store: store.clone(), tokens: Arc::new(tokens), rules: Arc::new(settings.rules.clone()), base_url: base_url.clone(), limits: settings.limits.clone() };
+    let base_url = settings
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let tokens = TokenService::new(store.clone(), &base_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load the signing key: {e}"))?;
+    let state = AppState {
+        store: store.clone(),
+        tokens: Arc::new(tokens),
+        rules: Arc::new(settings.rules.clone()),
+        base_url: base_url.clone(),
+        limits: settings.limits.clone(),
+    };
     let server = epaccs_api::server(state, listener, settings.workers)?;
     let handle = server.handle();
     let server = tokio::spawn(server);
-    Ok(Running { addr, base_url, store, handle, server })
+    Ok(Running {
+        addr,
+        base_url,
+        store,
+        handle,
+        server,
+    })
 }

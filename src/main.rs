@@ -4,7 +4,9 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("EPACCS_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("EPACCS_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     let cli = epaccs::cli::Cli::parse();
     match epaccs::cli::run(cli).await {

@@ -40,7 +40,8 @@ pub enum Backend {
 
 /// The PostgreSQL server the tests create their databases on.
 pub fn pg_admin_url() -> String {
-    std::env::var("EPACCS_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+    std::env::var("EPACCS_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
 }
 
 pub struct ClientKey {
@@ -115,7 +116,10 @@ fn settings(db_url: &str) -> Settings {
         workers: 2,
         pool_size: 8,
         rules: epaccs_access::Rules::default(),
-        limits: Limits { max_body_bytes: 256 * 1024, max_bundle_entries: 100 },
+        limits: Limits {
+            max_body_bytes: 256 * 1024,
+            max_bundle_entries: 100,
+        },
     }
 }
 
@@ -130,13 +134,25 @@ impl TestApp {
             Backend::Postgres => {
                 let name = format!("epaccs_test_{}", uuid::Uuid::new_v4().simple());
                 let admin = pg_admin_url();
-                let mut c = diesel::PgConnection::establish(&format!("{admin}/postgres")).expect("PostgreSQL must be running for the postgres tests");
-                c.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
+                let mut c = diesel::PgConnection::establish(&format!("{admin}/postgres"))
+                    .expect("PostgreSQL must be running for the postgres tests");
+                c.batch_execute(&format!("CREATE DATABASE {name}"))
+                    .expect("create database");
                 (format!("{admin}/{name}"), None, Some(name))
             }
         };
-        let running = epaccs::start(settings(&db_url)).await.expect("server starts");
-        TestApp { backend, base: running.base_url.clone(), db_url, running: Some(running), _dir: dir, pg_db, http: reqwest::Client::new() }
+        let running = epaccs::start(settings(&db_url))
+            .await
+            .expect("server starts");
+        TestApp {
+            backend,
+            base: running.base_url.clone(),
+            db_url,
+            running: Some(running),
+            _dir: dir,
+            pg_db,
+            http: reqwest::Client::new(),
+        }
     }
 
     /// Stops the server and starts a new one over the same database.
@@ -144,13 +160,17 @@ impl TestApp {
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
-        let running = epaccs::start(settings(&self.db_url)).await.expect("server restarts");
+        let running = epaccs::start(settings(&self.db_url))
+            .await
+            .expect("server restarts");
         self.base = running.base_url.clone();
         self.running = Some(running);
     }
 
     pub fn db(&self) -> DbArgs {
-        DbArgs { database_url: self.db_url.clone() }
+        DbArgs {
+            database_url: self.db_url.clone(),
+        }
     }
 
     /// Registers a client with the shared ES384 test key.
@@ -158,8 +178,24 @@ impl TestApp {
         self.register_key(client_id, org, role, scopes, es384());
     }
 
-    pub fn register_key(&self, client_id: &str, org: &str, role: &str, scopes: &str, key: &ClientKey) {
-        epaccs::cli::register(&self.db(), client_id, org, role, scopes, Some(key.jwks()), None).expect("register client");
+    pub fn register_key(
+        &self,
+        client_id: &str,
+        org: &str,
+        role: &str,
+        scopes: &str,
+        key: &ClientKey,
+    ) {
+        epaccs::cli::register(
+            &self.db(),
+            client_id,
+            org,
+            role,
+            scopes,
+            Some(key.jwks()),
+            None,
+        )
+        .expect("register client");
     }
 
     pub fn token_url(&self) -> String {
@@ -173,7 +209,10 @@ impl TestApp {
             .post(self.token_url())
             .form(&[
                 ("grant_type", "client_credentials"),
-                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
                 ("client_assertion", assertion),
                 ("scope", scope),
             ])
@@ -188,10 +227,21 @@ impl TestApp {
     pub async fn token(&self, client_id: &str, scope: &str, iua: Option<Value>) -> String {
         let extra = iua.map(|i| json!({"extensions": {"ihe_iua": i}}));
         let k = es384();
-        let a = keys::sign_assertion(&k.pem, k.alg, &k.kid, client_id, &self.token_url(), extra.as_ref()).expect("sign");
+        let a = keys::sign_assertion(
+            &k.pem,
+            k.alg,
+            &k.kid,
+            client_id,
+            &self.token_url(),
+            extra.as_ref(),
+        )
+        .expect("sign");
         let (status, body) = self.token_request(&a, scope).await;
         assert_eq!(status, 200, "token refused: {body}");
-        body["access_token"].as_str().expect("access_token").to_string()
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
     }
 
     /// Registers a client for `org` in `role` with all scopes and returns an API handle.
@@ -208,11 +258,19 @@ impl TestApp {
     }
 
     pub fn api(&self, token: String) -> Api {
-        Api { http: self.http.clone(), base: self.base.clone(), token: Some(token) }
+        Api {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token: Some(token),
+        }
     }
 
     pub fn anonymous(&self) -> Api {
-        Api { http: self.http.clone(), base: self.base.clone(), token: None }
+        Api {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token: None,
+        }
     }
 }
 
@@ -221,7 +279,9 @@ impl Drop for TestApp {
         // The server task ends with the test's runtime; dropping the database cuts it off.
         drop(self.running.take());
         if let Some(name) = &self.pg_db {
-            if let Ok(mut c) = diesel::PgConnection::establish(&format!("{}/postgres", pg_admin_url())) {
+            if let Ok(mut c) =
+                diesel::PgConnection::establish(&format!("{}/postgres", pg_admin_url()))
+            {
                 let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
             }
         }
@@ -238,17 +298,30 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|h| h.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
     }
 
     /// Asserts the body is an OperationOutcome and returns its first diagnostics.
     pub fn outcome(&self) -> String {
-        assert_eq!(self.body["resourceType"], "OperationOutcome", "expected an OperationOutcome, got {}", self.text);
-        self.body["issue"][0]["diagnostics"].as_str().unwrap_or_default().to_string()
+        assert_eq!(
+            self.body["resourceType"], "OperationOutcome",
+            "expected an OperationOutcome, got {}",
+            self.text
+        );
+        self.body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub fn id(&self) -> String {
-        self.body["id"].as_str().unwrap_or_else(|| panic!("no id in {}", self.text)).to_string()
+        self.body["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id in {}", self.text))
+            .to_string()
     }
 
     /// Resources of the bundle's entries with search mode `mode` (or all, for None).
@@ -272,8 +345,18 @@ pub struct Api {
 }
 
 impl Api {
-    pub async fn send(&self, method: Method, path: &str, body: Option<(&str, String)>, headers: &[(&str, &str)]) -> Resp {
-        let url = if path.starts_with("http") { path.to_string() } else { format!("{}{}", self.base, path) };
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, String)>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{}", self.base, path)
+        };
         let mut req = self.http.request(method, url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -282,14 +365,22 @@ impl Api {
             req = req.header("content-type", ctype).body(b);
         }
         for (k, v) in headers {
-            req = req.header(HeaderName::from_bytes(k.as_bytes()).expect("header"), HeaderValue::from_str(v).expect("value"));
+            req = req.header(
+                HeaderName::from_bytes(k.as_bytes()).expect("header"),
+                HeaderValue::from_str(v).expect("value"),
+            );
         }
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp { status, headers, text, body }
+        Resp {
+            status,
+            headers,
+            text,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Resp {
@@ -297,15 +388,33 @@ impl Api {
     }
 
     pub async fn post(&self, path: &str, v: &Value) -> Resp {
-        self.send(Method::POST, path, Some(("application/fhir+json", v.to_string())), &[]).await
+        self.send(
+            Method::POST,
+            path,
+            Some(("application/fhir+json", v.to_string())),
+            &[],
+        )
+        .await
     }
 
     pub async fn post_with(&self, path: &str, v: &Value, headers: &[(&str, &str)]) -> Resp {
-        self.send(Method::POST, path, Some(("application/fhir+json", v.to_string())), headers).await
+        self.send(
+            Method::POST,
+            path,
+            Some(("application/fhir+json", v.to_string())),
+            headers,
+        )
+        .await
     }
 
     pub async fn put(&self, path: &str, v: &Value, headers: &[(&str, &str)]) -> Resp {
-        self.send(Method::PUT, path, Some(("application/fhir+json", v.to_string())), headers).await
+        self.send(
+            Method::PUT,
+            path,
+            Some(("application/fhir+json", v.to_string())),
+            headers,
+        )
+        .await
     }
 
     pub async fn delete(&self, path: &str) -> Resp {

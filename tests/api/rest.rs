@@ -20,11 +20,16 @@ both_backends!(
 async fn create_read_update_vread_delete_history(b: Backend) {
     let app = TestApp::spawn(b).await;
     let gp = app.client("gp-system", "A81001", "gp").await;
-    let r = gp.post("/Patient", &patient(&nhs(1), "Ashworth", "A81001")).await;
+    let r = gp
+        .post("/Patient", &patient(&nhs(1), "Ashworth", "A81001"))
+        .await;
     assert_eq!(r.status, 201, "{}", r.text);
     let id = r.id();
     assert_eq!(r.header("etag").as_deref(), Some("W/\"1\""));
-    assert_eq!(r.header("location"), Some(format!("{}/Patient/{id}/_history/1", app.base)));
+    assert_eq!(
+        r.header("location"),
+        Some(format!("{}/Patient/{id}/_history/1", app.base))
+    );
     assert!(r.header("last-modified").is_some());
     assert_eq!(r.body["meta"]["versionId"], "1");
     // The stored JSON is what was sent, plus id and meta, in the same order.
@@ -36,7 +41,13 @@ async fn create_read_update_vread_delete_history(b: Backend) {
 
     let mut changed = read.body.clone();
     changed["name"][0]["family"] = json!("Ashworth-Hale");
-    let up = gp.put(&format!("/Patient/{id}"), &changed, &[("if-match", "W/\"1\"")]).await;
+    let up = gp
+        .put(
+            &format!("/Patient/{id}"),
+            &changed,
+            &[("if-match", "W/\"1\"")],
+        )
+        .await;
     assert_eq!(up.status, 200, "{}", up.text);
     assert_eq!(up.header("etag").as_deref(), Some("W/\"2\""));
     assert_eq!(up.body["meta"]["versionId"], "2");
@@ -46,7 +57,10 @@ async fn create_read_update_vread_delete_history(b: Backend) {
     assert_eq!(v1.body["name"][0]["family"], "Ashworth");
     let v2 = gp.get(&format!("/Patient/{id}/_history/2")).await;
     assert_eq!(v2.body["name"][0]["family"], "Ashworth-Hale");
-    assert_eq!(gp.get(&format!("/Patient/{id}/_history/9")).await.status, 404);
+    assert_eq!(
+        gp.get(&format!("/Patient/{id}/_history/9")).await.status,
+        404
+    );
 
     let del = gp.delete(&format!("/Patient/{id}")).await;
     assert_eq!(del.status, 200, "{}", del.text);
@@ -56,7 +70,10 @@ async fn create_read_update_vread_delete_history(b: Backend) {
     // Deleting again is idempotent.
     assert_eq!(gp.delete(&format!("/Patient/{id}")).await.status, 200);
     // Older versions remain readable.
-    assert_eq!(gp.get(&format!("/Patient/{id}/_history/2")).await.status, 200);
+    assert_eq!(
+        gp.get(&format!("/Patient/{id}/_history/2")).await.status,
+        200
+    );
 
     let hist = gp.get(&format!("/Patient/{id}/_history")).await;
     assert_eq!(hist.status, 200);
@@ -73,10 +90,23 @@ async fn create_read_update_vread_delete_history(b: Backend) {
     }
     let page1 = gp.get("/Patient/_history?_count=2").await;
     assert_eq!(page1.body["entry"].as_array().map(Vec::len), Some(2));
-    let next = page1.body["link"].as_array().expect("links").iter().find(|l| l["relation"] == "next").expect("next link")["url"].as_str().expect("url").to_string();
+    let next = page1.body["link"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .expect("next link")["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
     let page2 = gp.get(&next).await;
     assert_eq!(page2.status, 200, "{}", page2.text);
-    let ids1: Vec<Value> = page1.body["entry"].as_array().expect("e").iter().map(|e| e["response"]["etag"].clone()).collect();
+    let ids1: Vec<Value> = page1.body["entry"]
+        .as_array()
+        .expect("e")
+        .iter()
+        .map(|e| e["response"]["etag"].clone())
+        .collect();
     assert!(!ids1.is_empty());
     let since = gp.get("/Patient/_history?_since=2999-01-01").await;
     assert_eq!(since.body["entry"].as_array().map(Vec::len), Some(0));
@@ -86,7 +116,14 @@ async fn validation_and_error_outcomes(b: Backend) {
     let app = TestApp::spawn(b).await;
     let gp = app.client("gp-system", "A81001", "gp").await;
 
-    let r = gp.send(Method::POST, "/Patient", Some(("application/fhir+json", "{not json".into())), &[]).await;
+    let r = gp
+        .send(
+            Method::POST,
+            "/Patient",
+            Some(("application/fhir+json", "{not json".into())),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, 400);
     r.outcome();
 
@@ -95,20 +132,41 @@ async fn validation_and_error_outcomes(b: Backend) {
     p["name"][0]["nickname"] = json!("Al");
     let r = gp.post("/Patient", &p).await;
     assert_eq!(r.status, 422, "{}", r.text);
-    let exprs: Vec<String> = r.body["issue"].as_array().expect("issues").iter().filter_map(|i| i["expression"][0].as_str().map(str::to_string)).collect();
-    assert!(exprs.contains(&"Patient.favouriteColour".to_string()), "{exprs:?}");
-    assert!(exprs.contains(&"Patient.name[0].nickname".to_string()), "{exprs:?}");
+    let exprs: Vec<String> = r.body["issue"]
+        .as_array()
+        .expect("issues")
+        .iter()
+        .filter_map(|i| i["expression"][0].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        exprs.contains(&"Patient.favouriteColour".to_string()),
+        "{exprs:?}"
+    );
+    assert!(
+        exprs.contains(&"Patient.name[0].nickname".to_string()),
+        "{exprs:?}"
+    );
 
     let bad_nhs = patient("9990000019", "Smith", "A81001");
     let r = gp.post("/Patient", &bad_nhs).await;
     assert_eq!(r.status, 422);
     assert!(r.outcome().contains("Modulus 11"), "{}", r.text);
 
-    let r = gp.post("/Patient", &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}})).await;
+    let r = gp
+        .post(
+            "/Patient",
+            &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}),
+        )
+        .await;
     assert_eq!(r.status, 400);
     r.outcome();
 
-    let r = gp.post("/Patient", &json!({"resourceType": "Patient", "gender": "robot"})).await;
+    let r = gp
+        .post(
+            "/Patient",
+            &json!({"resourceType": "Patient", "gender": "robot"}),
+        )
+        .await;
     assert_eq!(r.status, 422);
 
     let created = gp.create(&patient(&nhs(2), "Jones", "A81001")).await;
@@ -119,7 +177,13 @@ async fn validation_and_error_outcomes(b: Backend) {
     assert_eq!(r.status, 400);
     assert!(r.outcome().contains("does not match"));
 
-    let r = gp.put(&format!("/Patient/{id}"), &created, &[("if-match", "W/\"7\"")]).await;
+    let r = gp
+        .put(
+            &format!("/Patient/{id}"),
+            &created,
+            &[("if-match", "W/\"7\"")],
+        )
+        .await;
     assert_eq!(r.status, 412);
     r.outcome();
 
@@ -136,7 +200,14 @@ async fn validation_and_error_outcomes(b: Backend) {
     assert_eq!(r.status, 405);
     r.outcome();
 
-    let r = gp.send(Method::POST, "/Patient", Some(("text/plain", "hello".into())), &[]).await;
+    let r = gp
+        .send(
+            Method::POST,
+            "/Patient",
+            Some(("text/plain", "hello".into())),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, 415);
     r.outcome();
 
@@ -151,9 +222,16 @@ async fn validation_and_error_outcomes(b: Backend) {
     r.outcome();
 
     // Observation about nobody, or about a person who does not exist.
-    let r = gp.post("/Observation", &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}})).await;
+    let r = gp
+        .post(
+            "/Observation",
+            &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}),
+        )
+        .await;
     assert_eq!(r.status, 422);
-    let r = gp.post("/Observation", &observation("nobody", "450476008")).await;
+    let r = gp
+        .post("/Observation", &observation("nobody", "450476008"))
+        .await;
     assert_eq!(r.status, 422);
     assert!(r.outcome().contains("does not exist"));
 }
@@ -163,9 +241,21 @@ async fn conditional_create_and_update(b: Backend) {
     let gp = app.client("gp-system", "A81001", "gp").await;
     let n = nhs(5);
     let cond = format!("identifier=https://fhir.nhs.uk/Id/nhs-number|{n}");
-    let first = gp.post_with("/Patient", &patient(&n, "Khan", "A81001"), &[("if-none-exist", &cond)]).await;
+    let first = gp
+        .post_with(
+            "/Patient",
+            &patient(&n, "Khan", "A81001"),
+            &[("if-none-exist", &cond)],
+        )
+        .await;
     assert_eq!(first.status, 201, "{}", first.text);
-    let again = gp.post_with("/Patient", &patient(&n, "Khan", "A81001"), &[("if-none-exist", &cond)]).await;
+    let again = gp
+        .post_with(
+            "/Patient",
+            &patient(&n, "Khan", "A81001"),
+            &[("if-none-exist", &cond)],
+        )
+        .await;
     assert_eq!(again.status, 200, "{}", again.text);
     assert_eq!(again.id(), first.id());
     let search = gp.get(&format!("/Patient?{cond}")).await;
@@ -180,7 +270,13 @@ async fn conditional_create_and_update(b: Backend) {
 
     // Conditional update with no match creates.
     let n2 = nhs(6);
-    let up = gp.put(&format!("/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{n2}"), &patient(&n2, "New", "A81001"), &[]).await;
+    let up = gp
+        .put(
+            &format!("/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{n2}"),
+            &patient(&n2, "New", "A81001"),
+            &[],
+        )
+        .await;
     assert_eq!(up.status, 201, "{}", up.text);
 
     // Update of an unknown id with a client-chosen id creates it.
@@ -191,7 +287,13 @@ async fn conditional_create_and_update(b: Backend) {
     assert_eq!(gp.get("/Patient/client-chosen-1").await.status, 200);
 
     // Malformed criteria are a 400.
-    let r = gp.post_with("/Patient", &patient(&nhs(8), "X", "A81001"), &[("if-none-exist", "birthdate=notadate")]).await;
+    let r = gp
+        .post_with(
+            "/Patient",
+            &patient(&nhs(8), "X", "A81001"),
+            &[("if-none-exist", "birthdate=notadate")],
+        )
+        .await;
     assert_eq!(r.status, 400);
 }
 
@@ -199,17 +301,28 @@ async fn concurrent_if_match_exactly_one_wins(b: Backend) {
     let app = TestApp::spawn(b).await;
     let gp = app.client("gp-system", "A81001", "gp").await;
     for round in 0..5 {
-        let created = gp.create(&patient(&nhs(20 + round), "Race", "A81001")).await;
+        let created = gp
+            .create(&patient(&nhs(20 + round), "Race", "A81001"))
+            .await;
         let id = created["id"].as_str().expect("id").to_string();
         let mut a = created.clone();
         a["name"][0]["given"] = json!(["From GP"]);
         let mut h = created.clone();
         h["name"][0]["given"] = json!(["From hospice"]);
         let path = format!("/Patient/{id}");
-        let (ra, rh) = tokio::join!(gp.put(&path, &a, &[("if-match", "W/\"1\"")]), gp.put(&path, &h, &[("if-match", "W/\"1\"")]));
+        let (ra, rh) = tokio::join!(
+            gp.put(&path, &a, &[("if-match", "W/\"1\"")]),
+            gp.put(&path, &h, &[("if-match", "W/\"1\"")])
+        );
         let mut statuses = vec![ra.status, rh.status];
         statuses.sort();
-        assert_eq!(statuses, vec![200, 412], "round {round}: {} / {}", ra.text, rh.text);
+        assert_eq!(
+            statuses,
+            vec![200, 412],
+            "round {round}: {} / {}",
+            ra.text,
+            rh.text
+        );
         let now = gp.get(&path).await;
         assert_eq!(now.body["meta"]["versionId"], "2");
     }
@@ -233,7 +346,9 @@ async fn nothing_lost_across_restart(b: Backend) {
         let r = gp.get(&format!("/Patient/{id}")).await;
         assert_eq!(r.status, 200, "Patient/{id} lost across restart");
     }
-    let all = gp.get("/Patient?family=durable&_total=accurate&_count=100").await;
+    let all = gp
+        .get("/Patient?family=durable&_total=accurate&_count=100")
+        .await;
     assert_eq!(all.body["total"], 20);
 }
 
@@ -243,24 +358,57 @@ async fn json_patch_and_prefer(b: Backend) {
     let created = gp.create(&patient(&nhs(1), "Patchy", "A81001")).await;
     let id = created["id"].as_str().expect("id");
     let patch = json!([{"op": "replace", "path": "/gender", "value": "male"}, {"op": "add", "path": "/active", "value": true}]).to_string();
-    let r = gp.send(Method::PATCH, &format!("/Patient/{id}"), Some(("application/json-patch+json", patch.clone())), &[]).await;
+    let r = gp
+        .send(
+            Method::PATCH,
+            &format!("/Patient/{id}"),
+            Some(("application/json-patch+json", patch.clone())),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["gender"], "male");
     assert_eq!(r.body["active"], true);
     assert_eq!(r.body["meta"]["versionId"], "2");
     // A stale If-Match on PATCH is refused.
-    let r = gp.send(Method::PATCH, &format!("/Patient/{id}"), Some(("application/json-patch+json", patch)), &[("if-match", "W/\"1\"")]).await;
+    let r = gp
+        .send(
+            Method::PATCH,
+            &format!("/Patient/{id}"),
+            Some(("application/json-patch+json", patch)),
+            &[("if-match", "W/\"1\"")],
+        )
+        .await;
     assert_eq!(r.status, 412);
     // A patch that breaks the resource is refused.
     let bad = json!([{"op": "add", "path": "/shoeSize", "value": 9}]).to_string();
-    let r = gp.send(Method::PATCH, &format!("/Patient/{id}"), Some(("application/json-patch+json", bad)), &[]).await;
+    let r = gp
+        .send(
+            Method::PATCH,
+            &format!("/Patient/{id}"),
+            Some(("application/json-patch+json", bad)),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, 422);
 
-    let r = gp.post_with("/Patient", &patient(&nhs(2), "Minimal", "A81001"), &[("prefer", "return=minimal")]).await;
+    let r = gp
+        .post_with(
+            "/Patient",
+            &patient(&nhs(2), "Minimal", "A81001"),
+            &[("prefer", "return=minimal")],
+        )
+        .await;
     assert_eq!(r.status, 201);
     assert!(r.text.is_empty());
     assert!(r.header("location").is_some());
-    let r = gp.post_with("/Patient", &patient(&nhs(3), "Outcome", "A81001"), &[("prefer", "return=OperationOutcome")]).await;
+    let r = gp
+        .post_with(
+            "/Patient",
+            &patient(&nhs(3), "Outcome", "A81001"),
+            &[("prefer", "return=OperationOutcome")],
+        )
+        .await;
     assert_eq!(r.status, 201);
     r.outcome();
 }
@@ -270,11 +418,14 @@ async fn one_record_per_person_and_patient_links(b: Backend) {
     let gp = app.client("gp-system", "A81001", "gp").await;
     let n = nhs(1);
     let p = gp.create(&patient(&n, "Only", "A81001")).await;
-    let r = gp.post("/Patient", &patient(&n, "Duplicate", "A81001")).await;
+    let r = gp
+        .post("/Patient", &patient(&n, "Duplicate", "A81001"))
+        .await;
     assert_eq!(r.status, 409, "{}", r.text);
     // Data can name its patient by NHS number; the store resolves it.
     let mut o = observation("x", "450476008");
-    o["subject"] = json!({"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": n}});
+    o["subject"] =
+        json!({"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": n}});
     let r = gp.post("/Observation", &o).await;
     assert_eq!(r.status, 201, "{}", r.text);
     let pid = p["id"].as_str().expect("id");
@@ -283,7 +434,8 @@ async fn one_record_per_person_and_patient_links(b: Backend) {
     // Moving a resource to another person's record is refused.
     let other = gp.create(&patient(&nhs(2), "Other", "A81001")).await;
     let mut moved = r.body.clone();
-    moved["subject"] = json!({"reference": format!("Patient/{}", other["id"].as_str().expect("id"))});
+    moved["subject"] =
+        json!({"reference": format!("Patient/{}", other["id"].as_str().expect("id"))});
     let oid = r.body["id"].as_str().expect("id");
     let r = gp.put(&format!("/Observation/{oid}"), &moved, &[]).await;
     assert_eq!(r.status, 422, "{}", r.text);
@@ -296,22 +448,49 @@ async fn capability_statement_reflects_the_server(b: Backend) {
     assert_eq!(r.body["resourceType"], "CapabilityStatement");
     assert_eq!(r.body["fhirVersion"], "4.0.1");
     let resources = r.body["rest"][0]["resource"].as_array().expect("resources");
-    let patient = resources.iter().find(|x| x["type"] == "Patient").expect("Patient");
-    let names: Vec<&str> = patient["searchParam"].as_array().expect("params").iter().filter_map(|p| p["name"].as_str()).collect();
-    for expected in ["identifier", "family", "birthdate", "address-postalcode", "general-practitioner", "deceased", "_id"] {
+    let patient = resources
+        .iter()
+        .find(|x| x["type"] == "Patient")
+        .expect("Patient");
+    let names: Vec<&str> = patient["searchParam"]
+        .as_array()
+        .expect("params")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for expected in [
+        "identifier",
+        "family",
+        "birthdate",
+        "address-postalcode",
+        "general-practitioner",
+        "deceased",
+        "_id",
+    ] {
         assert!(names.contains(&expected), "{expected} missing");
     }
-    for t in ["Consent", "CarePlan", "Composition", "DocumentReference", "Provenance", "QuestionnaireResponse"] {
+    for t in [
+        "Consent",
+        "CarePlan",
+        "Composition",
+        "DocumentReference",
+        "Provenance",
+        "QuestionnaireResponse",
+    ] {
         assert!(resources.iter().any(|x| x["type"] == t), "{t} missing");
     }
-    assert!(r.body["rest"][0]["security"]["extension"][0]["extension"][0]["valueUri"].as_str().is_some_and(|u| u.ends_with("/auth/token")));
+    assert!(
+        r.body["rest"][0]["security"]["extension"][0]["extension"][0]["valueUri"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/auth/token"))
+    );
 }
 
 async fn fhir_sdk_client_round_trip(b: Backend) {
     use fhir_sdk::client::{Client, RequestSettings};
-    use fhir_sdk::version::FhirR4B;
     use fhir_sdk::r4b::resources::Patient;
     use fhir_sdk::r4b::types::{HumanName, Identifier};
+    use fhir_sdk::version::FhirR4B;
     let app = TestApp::spawn(b).await;
     app.register("sdk-client", "A81001", "gp", "system/*.*");
     let token = app.token("sdk-client", "system/*.*", None).await;
@@ -327,14 +506,38 @@ async fn fhir_sdk_client_round_trip(b: Backend) {
         .expect("client");
     let n = nhs(3);
     let p = Patient::builder()
-        .identifier(vec![Some(Identifier::builder().system("https://fhir.nhs.uk/Id/nhs-number".to_string()).value(n.clone()).build().expect("identifier"))])
-        .name(vec![Some(HumanName::builder().family("Sdk".to_string()).build().expect("name"))])
+        .identifier(vec![Some(
+            Identifier::builder()
+                .system("https://fhir.nhs.uk/Id/nhs-number".to_string())
+                .value(n.clone())
+                .build()
+                .expect("identifier"),
+        )])
+        .name(vec![Some(
+            HumanName::builder()
+                .family("Sdk".to_string())
+                .build()
+                .expect("name"),
+        )])
         .build()
         .expect("patient");
     let (id, version) = client.create(&p).await.expect("create through fhir-sdk");
     assert_eq!(version.as_deref(), Some("1"));
     let read: Patient = client.read(&id).await.expect("read").expect("exists");
-    assert_eq!(read.name[0].as_ref().and_then(|n| n.family.clone()).as_deref(), Some("Sdk"));
-    assert_eq!(read.identifier[0].as_ref().and_then(|i| i.value.clone()), Some(n));
-    assert!(client.read::<Patient>("missing").await.expect("read").is_none());
+    assert_eq!(
+        read.name[0]
+            .as_ref()
+            .and_then(|n| n.family.clone())
+            .as_deref(),
+        Some("Sdk")
+    );
+    assert_eq!(
+        read.identifier[0].as_ref().and_then(|i| i.value.clone()),
+        Some(n)
+    );
+    assert!(client
+        .read::<Patient>("missing")
+        .await
+        .expect("read")
+        .is_none());
 }

@@ -76,7 +76,9 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
     let recorded = epaccs_fhir::date::now_micros();
     let p = req.principal;
     let break_glass = log.iter().any(|e| e.decision == Decision::BreakGlass);
-    let refused = log.iter().any(|e| matches!(e.decision, Decision::Deny { .. }));
+    let refused = log
+        .iter()
+        .any(|e| matches!(e.decision, Decision::Deny { .. }));
     let patients: BTreeSet<String> = log.iter().filter_map(|e| e.patient_key.clone()).collect();
     // Every resource touched, each once, with what was decided.
     let mut seen = BTreeSet::new();
@@ -87,7 +89,9 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
             "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}}))
         .collect();
     for e in log {
-        if !seen.insert(e.resource.clone()) || e.resource.starts_with("Patient/") && patients.contains(&e.resource[8..]) {
+        if !seen.insert(e.resource.clone())
+            || e.resource.starts_with("Patient/") && patients.contains(&e.resource[8..])
+        {
             continue;
         }
         let decided = match &e.decision {
@@ -135,7 +139,9 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
             if !system.is_empty() {
                 coding["system"] = json!(system);
             }
-            user["role"].as_array_mut().map(|a| a.push(json!({"coding": [coding]})));
+            if let Some(a) = user["role"].as_array_mut() {
+                a.push(json!({"coding": [coding]}));
+            }
         }
     }
     let mut agents = vec![user];

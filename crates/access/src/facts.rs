@@ -25,7 +25,10 @@ pub enum ConsentStatus {
 
 impl ConsentStatus {
     pub fn permits_sharing(self) -> bool {
-        matches!(self, ConsentStatus::Given | ConsentStatus::BestInterests | ConsentStatus::ByLpa)
+        matches!(
+            self,
+            ConsentStatus::Given | ConsentStatus::BestInterests | ConsentStatus::ByLpa
+        )
     }
 }
 
@@ -86,7 +89,10 @@ impl PatientFacts {
         writer_orgs: BTreeSet<String>,
         org_of: &dyn Fn(&str) -> Option<String>,
     ) -> PatientFacts {
-        let mut facts = PatientFacts { writer_orgs, ..Default::default() };
+        let mut facts = PatientFacts {
+            writer_orgs,
+            ..Default::default()
+        };
         if let Some(p) = patient {
             for gp in arr(p, "generalPractitioner") {
                 if let Some(ods) = ods_of(gp, org_of) {
@@ -99,7 +105,13 @@ impl PatientFacts {
             if !matches!(status, "active" | "proposed" | "suspended") {
                 continue;
             }
-            if let Some(ods) = ct.get("managingOrganization").and_then(|m| m.as_array()).into_iter().flatten().find_map(|r| ods_of(r, org_of)) {
+            if let Some(ods) = ct
+                .get("managingOrganization")
+                .and_then(|m| m.as_array())
+                .into_iter()
+                .flatten()
+                .find_map(|r| ods_of(r, org_of))
+            {
                 facts.care_team_orgs.insert(ods);
             }
             for part in arr(ct, "participant") {
@@ -114,7 +126,10 @@ impl PatientFacts {
         let mut relevant: Vec<&Value> = consents
             .iter()
             .filter(|c| c.get("status").and_then(Value::as_str) != Some("entered-in-error"))
-            .filter(|c| c.get("status").and_then(Value::as_str) != Some("draft") && c.get("status").and_then(Value::as_str) != Some("proposed"))
+            .filter(|c| {
+                c.get("status").and_then(Value::as_str) != Some("draft")
+                    && c.get("status").and_then(Value::as_str) != Some("proposed")
+            })
             .filter(|c| sharing_code(c).is_some() || is_privacy_scope(c))
             .collect();
         relevant.sort_by_key(|c| consent_time(c));
@@ -150,14 +165,21 @@ fn arr<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
 }
 
 fn period_bound(period: &Value, key: &str) -> Option<date::Range> {
-    period.get(key).and_then(Value::as_str).and_then(date::parse_range)
+    period
+        .get(key)
+        .and_then(Value::as_str)
+        .and_then(date::parse_range)
 }
 
 /// The ODS code a Reference names: by identifier, or by resolving `Organization/{id}`.
 fn ods_of(reference: &Value, org_of: &dyn Fn(&str) -> Option<String>) -> Option<String> {
     if let Some(ident) = reference.get("identifier") {
         if ident.get("system").and_then(Value::as_str) == Some(OdsCode::SYSTEM) {
-            return ident.get("value").and_then(Value::as_str).and_then(|v| OdsCode::parse(v).ok()).map(|o| o.to_string());
+            return ident
+                .get("value")
+                .and_then(Value::as_str)
+                .and_then(|v| OdsCode::parse(v).ok())
+                .map(|o| o.to_string());
         }
     }
     let r = reference.get("reference").and_then(Value::as_str)?;
@@ -170,7 +192,13 @@ fn sharing_code(consent: &Value) -> Option<String> {
         .flat_map(|cc| arr(cc, "coding"))
         .filter_map(|c| c.get("code").and_then(Value::as_str))
         .find(|code| {
-            [codes::consent::GIVEN, codes::consent::WITHDRAWN, codes::consent::BEST_INTERESTS, codes::consent::BY_LPA].contains(code)
+            [
+                codes::consent::GIVEN,
+                codes::consent::WITHDRAWN,
+                codes::consent::BEST_INTERESTS,
+                codes::consent::BY_LPA,
+            ]
+            .contains(code)
         })
         .map(str::to_string)
 }
@@ -178,12 +206,19 @@ fn sharing_code(consent: &Value) -> Option<String> {
 fn is_privacy_scope(consent: &Value) -> bool {
     consent
         .get("scope")
-        .map(|s| arr(s, "coding").any(|c| c.get("code").and_then(Value::as_str) == Some("patient-privacy")))
+        .map(|s| {
+            arr(s, "coding")
+                .any(|c| c.get("code").and_then(Value::as_str) == Some("patient-privacy"))
+        })
         .unwrap_or(false)
 }
 
 fn consent_time(c: &Value) -> (i64, i64) {
-    let dt = c.get("dateTime").and_then(Value::as_str).and_then(date::parse_range).map_or(i64::MIN, |r| r.low);
+    let dt = c
+        .get("dateTime")
+        .and_then(Value::as_str)
+        .and_then(date::parse_range)
+        .map_or(i64::MIN, |r| r.low);
     let updated = c
         .get("meta")
         .and_then(|m| m.get("lastUpdated"))
@@ -193,7 +228,11 @@ fn consent_time(c: &Value) -> (i64, i64) {
     (dt, updated)
 }
 
-fn collect_denies(provision: &Value, org_of: &dyn Fn(&str) -> Option<String>, out: &mut Vec<DenyProvision>) {
+fn collect_denies(
+    provision: &Value,
+    org_of: &dyn Fn(&str) -> Option<String>,
+    out: &mut Vec<DenyProvision>,
+) {
     for p in arr(provision, "provision") {
         if p.get("type").and_then(Value::as_str) == Some("deny") {
             let mut d = DenyProvision::default();
@@ -244,15 +283,27 @@ mod tests {
         assert_eq!(derive(&[]).consent, ConsentStatus::None);
         let given = consent(codes::consent::GIVEN, "active", "2024-01-01");
         let withdrawn = consent(codes::consent::WITHDRAWN, "active", "2024-06-01");
-        assert_eq!(derive(&[given.clone()]).consent, ConsentStatus::Given);
-        assert_eq!(derive(&[withdrawn.clone(), given.clone()]).consent, ConsentStatus::Withdrawn);
+        assert_eq!(derive(std::slice::from_ref(&given)).consent, ConsentStatus::Given);
+        assert_eq!(
+            derive(&[withdrawn.clone(), given.clone()]).consent,
+            ConsentStatus::Withdrawn
+        );
         let regiven = consent(codes::consent::BY_LPA, "active", "2024-07-01");
-        assert_eq!(derive(&[given.clone(), withdrawn, regiven]).consent, ConsentStatus::ByLpa);
+        assert_eq!(
+            derive(&[given.clone(), withdrawn, regiven]).consent,
+            ConsentStatus::ByLpa
+        );
         let inactive = consent(codes::consent::GIVEN, "inactive", "2024-08-01");
-        assert_eq!(derive(&[given.clone(), inactive]).consent, ConsentStatus::Withdrawn);
+        assert_eq!(
+            derive(&[given.clone(), inactive]).consent,
+            ConsentStatus::Withdrawn
+        );
         let eie = consent(codes::consent::WITHDRAWN, "entered-in-error", "2024-09-01");
         assert_eq!(derive(&[given, eie]).consent, ConsentStatus::Given);
-        assert_eq!(derive(&[consent(codes::consent::BEST_INTERESTS, "active", "2024")]).consent, ConsentStatus::BestInterests);
+        assert_eq!(
+            derive(&[consent(codes::consent::BEST_INTERESTS, "active", "2024")]).consent,
+            ConsentStatus::BestInterests
+        );
     }
 
     #[test]
@@ -270,7 +321,9 @@ mod tests {
 
         let patient = json!({"generalPractitioner": [{"identifier": {"system": OdsCode::SYSTEM, "value": "a81001"}}, {"reference": "Organization/o2"}]});
         let team = json!({"status": "active", "participant": [{"member": {"reference": "Organization/o3"}}]});
-        let f = PatientFacts::derive(Some(&patient), &[], &[team], BTreeSet::new(), &|id| Some(format!("ORG{id}").to_uppercase()));
+        let f = PatientFacts::derive(Some(&patient), &[], &[team], BTreeSet::new(), &|id| {
+            Some(format!("ORG{id}").to_uppercase())
+        });
         assert!(f.gp_orgs.contains("A81001") && f.gp_orgs.contains("ORGO2"));
         assert!(f.care_team_orgs.contains("ORGO3"));
     }

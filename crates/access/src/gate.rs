@@ -19,7 +19,10 @@ pub struct LogEntry {
 pub enum Decided<T> {
     Visible(T),
     /// Withheld by the sharing rules; `reveal` says whether the caller may be told so.
-    Withheld { reveal: bool, reason: String },
+    Withheld {
+        reveal: bool,
+        reason: String,
+    },
 }
 
 /// A principal's pass through the sharing layer for one request.
@@ -36,7 +39,12 @@ pub struct Gate {
 
 impl Gate {
     pub fn new(principal: Principal, rules: Arc<Rules>) -> Self {
-        Gate { principal, rules, now: epaccs_fhir::date::now_micros(), log: Mutex::new(Vec::new()) }
+        Gate {
+            principal,
+            rules,
+            now: epaccs_fhir::date::now_micros(),
+            log: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn principal(&self) -> &Principal {
@@ -53,43 +61,99 @@ impl Gate {
     }
 
     /// Decides a read of one row. `patient` is `None` for data about no person.
-    pub fn check_read(&self, patient: Option<(&str, &PatientFacts)>, resource_type: &str, id: &str, writer_org: &str) -> Decision {
+    pub fn check_read(
+        &self,
+        patient: Option<(&str, &PatientFacts)>,
+        resource_type: &str,
+        id: &str,
+        writer_org: &str,
+    ) -> Decision {
         self.check(patient, resource_type, id, Some(writer_org), Action::Read)
     }
 
     /// Decides a read without recording it as a disclosure (for counting what may be seen).
-    pub fn would_read(&self, patient: Option<(&str, &PatientFacts)>, resource_type: &str, writer_org: &str) -> bool {
+    pub fn would_read(
+        &self,
+        patient: Option<(&str, &PatientFacts)>,
+        resource_type: &str,
+        writer_org: &str,
+    ) -> bool {
         match patient {
-            Some((_, facts)) => decide(&self.rules, &self.principal, facts, Subject { resource_type, writer_org: Some(writer_org) }, Action::Read, self.now).permits(),
+            Some((_, facts)) => decide(
+                &self.rules,
+                &self.principal,
+                facts,
+                Subject {
+                    resource_type,
+                    writer_org: Some(writer_org),
+                },
+                Action::Read,
+                self.now,
+            )
+            .permits(),
             None => resource_type != "AuditEvent" || self.principal.role == Role::PrivacyOfficer,
         }
     }
 
     /// Decides a write. `writer_org` is the organisation that wrote the current version, if any.
-    pub fn check_write(&self, patient: Option<(&str, &PatientFacts)>, resource_type: &str, id: &str, writer_org: Option<&str>) -> Decision {
+    pub fn check_write(
+        &self,
+        patient: Option<(&str, &PatientFacts)>,
+        resource_type: &str,
+        id: &str,
+        writer_org: Option<&str>,
+    ) -> Decision {
         self.check(patient, resource_type, id, writer_org, Action::Write)
     }
 
-    fn check(&self, patient: Option<(&str, &PatientFacts)>, resource_type: &str, id: &str, writer_org: Option<&str>, action: Action) -> Decision {
+    fn check(
+        &self,
+        patient: Option<(&str, &PatientFacts)>,
+        resource_type: &str,
+        id: &str,
+        writer_org: Option<&str>,
+        action: Action,
+    ) -> Decision {
         let decision = match patient {
-            Some((_, facts)) => decide(&self.rules, &self.principal, facts, Subject { resource_type, writer_org }, action, self.now),
+            Some((_, facts)) => decide(
+                &self.rules,
+                &self.principal,
+                facts,
+                Subject {
+                    resource_type,
+                    writer_org,
+                },
+                action,
+                self.now,
+            ),
             None if resource_type == "AuditEvent" => {
                 if self.principal.role == Role::PrivacyOfficer && action == Action::Read {
                     Decision::Permit(crate::rules::Basis::Relationship)
                 } else {
-                    Decision::Deny { reveal: false, reason: "only privacy officers read the audit trail".into() }
+                    Decision::Deny {
+                        reveal: false,
+                        reason: "only privacy officers read the audit trail".into(),
+                    }
                 }
             }
             None => Decision::Permit(crate::rules::Basis::Relationship),
         };
-        self.record(patient.map(|(k, _)| k.to_string()), format!("{resource_type}/{id}"), decision.clone());
+        self.record(
+            patient.map(|(k, _)| k.to_string()),
+            format!("{resource_type}/{id}"),
+            decision.clone(),
+        );
         decision
     }
 
     /// Records a decision made elsewhere in this layer (e.g. a refusal before any row was read).
     pub fn record(&self, patient_key: Option<String>, resource: String, decision: Decision) {
         if let Ok(mut log) = self.log.lock() {
-            log.push(LogEntry { patient_key, resource, decision });
+            log.push(LogEntry {
+                patient_key,
+                resource,
+                decision,
+            });
         }
     }
 

@@ -38,7 +38,10 @@ pub enum Decision {
     /// Permitted only because the caller broke the glass: audited as an emergency override.
     BreakGlass,
     /// Refused. `reveal` says whether the caller may learn that something was withheld.
-    Deny { reveal: bool, reason: String },
+    Deny {
+        reveal: bool,
+        reason: String,
+    },
 }
 
 impl Decision {
@@ -70,7 +73,13 @@ pub struct RulesError(#[from] serde_json::Error);
 impl Default for Rules {
     fn default() -> Self {
         Rules {
-            relationship_roles: vec![Role::Gp, Role::Community, Role::Hospice, Role::Acute, Role::CareHome],
+            relationship_roles: vec![
+                Role::Gp,
+                Role::Community,
+                Role::Hospice,
+                Role::Acute,
+                Role::CareHome,
+            ],
             emergency_roles: vec![Role::Ambulance, Role::UrgentCare],
             write_roles: vec![Role::Gp, Role::Community, Role::Hospice, Role::Acute],
             break_glass_roles: vec![
@@ -97,24 +106,42 @@ impl Rules {
 }
 
 /// Decides one access. `now` is in microseconds since the epoch.
-pub fn decide(rules: &Rules, who: &Principal, facts: &PatientFacts, what: Subject<'_>, action: Action, now: i64) -> Decision {
-    let deny = |reason: &str| Decision::Deny { reveal: rules.may_break_glass(who.role), reason: reason.to_string() };
+pub fn decide(
+    rules: &Rules,
+    who: &Principal,
+    facts: &PatientFacts,
+    what: Subject<'_>,
+    action: Action,
+    now: i64,
+) -> Decision {
+    let deny = |reason: &str| Decision::Deny {
+        reveal: rules.may_break_glass(who.role),
+        reason: reason.to_string(),
+    };
     if !who.role.is_clinical() {
-        return Decision::Deny { reveal: false, reason: format!("the {} role holds no clinical data", who.role) };
+        return Decision::Deny {
+            reveal: false,
+            reason: format!("the {} role holds no clinical data", who.role),
+        };
     }
     let own = what.writer_org == Some(who.org.as_str());
     if own && action == Action::Read && rules.writer_organisation_reads {
         return Decision::Permit(Basis::WriterOrganisation);
     }
     let denied_by_provision = facts.denies.iter().any(|d| {
-        let actor = d.orgs.iter().any(|o| o == who.org.as_str()) || d.roles.iter().any(|r| r == who.role.as_str());
+        let actor = d.orgs.iter().any(|o| o == who.org.as_str())
+            || d.roles.iter().any(|r| r == who.role.as_str());
         let actor = actor || (d.orgs.is_empty() && d.roles.is_empty());
         let in_period = d.from.is_none_or(|f| now >= f) && d.until.is_none_or(|u| now < u);
         let class = d.classes.is_empty() || d.classes.iter().any(|c| c == what.resource_type);
         actor && in_period && class
     });
     let break_glass = || {
-        if who.purpose == Purpose::BreakGlass && who.breaks_glass() && rules.may_break_glass(who.role) && action == Action::Read {
+        if who.purpose == Purpose::BreakGlass
+            && who.breaks_glass()
+            && rules.may_break_glass(who.role)
+            && action == Action::Read
+        {
             Some(Decision::BreakGlass)
         } else {
             None
@@ -126,9 +153,14 @@ pub fn decide(rules: &Rules, who: &Principal, facts: &PatientFacts, what: Subjec
     match action {
         Action::Write => {
             if !rules.write_roles.contains(&who.role) {
-                return Decision::Deny { reveal: rules.may_break_glass(who.role), reason: format!("the {} role may not write to the record", who.role) };
+                return Decision::Deny {
+                    reveal: rules.may_break_glass(who.role),
+                    reason: format!("the {} role may not write to the record", who.role),
+                };
             }
-            let new_record = facts.writer_orgs.is_empty() && facts.gp_orgs.is_empty() && facts.care_team_orgs.is_empty();
+            let new_record = facts.writer_orgs.is_empty()
+                && facts.gp_orgs.is_empty()
+                && facts.care_team_orgs.is_empty();
             if new_record {
                 Decision::Permit(Basis::NewRecord)
             } else if facts.has_relationship(&who.org) {
@@ -142,10 +174,12 @@ pub fn decide(rules: &Rules, who: &Principal, facts: &PatientFacts, what: Subjec
                 if rules.emergency_roles.contains(&who.role) {
                     return Decision::Permit(Basis::Consent);
                 }
-                if rules.relationship_roles.contains(&who.role) && facts.has_relationship(&who.org) {
+                if rules.relationship_roles.contains(&who.role) && facts.has_relationship(&who.org)
+                {
                     return Decision::Permit(Basis::Consent);
                 }
-                return break_glass().unwrap_or_else(|| deny("no legitimate relationship with this person"));
+                return break_glass()
+                    .unwrap_or_else(|| deny("no legitimate relationship with this person"));
             }
             break_glass().unwrap_or_else(|| deny("no consent to share this record is in force"))
         }
@@ -167,13 +201,17 @@ mod tests {
             user_name: Option::None,
             user_role: Option::None,
             purpose,
-            break_glass_reason: (purpose == Purpose::BreakGlass).then(|| "unconscious, no NHS number".into()),
+            break_glass_reason: (purpose == Purpose::BreakGlass)
+                .then(|| "unconscious, no NHS number".into()),
             scopes: Scopes::default(),
         }
     }
 
     fn facts(consent: ConsentStatus) -> PatientFacts {
-        let mut f = PatientFacts { consent, ..Default::default() };
+        let mut f = PatientFacts {
+            consent,
+            ..Default::default()
+        };
         f.gp_orgs.insert("GP001".into());
         f.writer_orgs.insert("GP001".into());
         f.care_team_orgs.insert("HOS01".into());
@@ -203,7 +241,10 @@ mod tests {
 
     #[test]
     fn decision_table() {
-        let obs_by_gp = Subject { resource_type: "Observation", writer_org: Some("GP001") };
+        let obs_by_gp = Subject {
+            resource_type: "Observation",
+            writer_org: Some("GP001"),
+        };
         #[rustfmt::skip]
         let rows: &[(Role, &str, Purpose, ConsentStatus, Action, E)] = &[
             // the writing organisation always reads its own data
@@ -240,19 +281,45 @@ mod tests {
         ];
         let rules = Rules::default();
         for (role, org, purpose, consent, action, expected) in rows {
-            let got = decide(&rules, &principal(*role, org, *purpose), &facts(*consent), obs_by_gp, *action, 0);
-            assert_eq!(short(got), *expected, "{role:?} {org} {purpose:?} {consent:?} {action:?}");
+            let got = decide(
+                &rules,
+                &principal(*role, org, *purpose),
+                &facts(*consent),
+                obs_by_gp,
+                *action,
+                0,
+            );
+            assert_eq!(
+                short(got),
+                *expected,
+                "{role:?} {org} {purpose:?} {consent:?} {action:?}"
+            );
         }
     }
 
     #[test]
     fn deny_provisions_are_honoured() {
         let mut f = facts(Given);
-        f.denies.push(DenyProvision { orgs: vec!["HOS01".into()], classes: vec!["Observation".into()], ..Default::default() });
-        f.denies.push(DenyProvision { roles: vec!["ambulance".into()], from: Some(100), until: Some(200), ..Default::default() });
+        f.denies.push(DenyProvision {
+            orgs: vec!["HOS01".into()],
+            classes: vec!["Observation".into()],
+            ..Default::default()
+        });
+        f.denies.push(DenyProvision {
+            roles: vec!["ambulance".into()],
+            from: Some(100),
+            until: Some(200),
+            ..Default::default()
+        });
         let rules = Rules::default();
-        let obs = Subject { resource_type: "Observation", writer_org: Some("GP001") };
-        let plan = Subject { resource_type: "CarePlan", writer_org: Some("GP001") };
+        let obs = Subject {
+            resource_type: "Observation",
+            writer_org: Some("GP001"),
+        };
+        let plan = Subject {
+            resource_type: "CarePlan",
+            writer_org: Some("GP001"),
+        };
         let hospice = principal(Hospice, "HOS01", Treat);
         assert!(!decide(&rules, &hospice, &f, obs, Action::Read, 0).permits());
         assert!(decide(&rules, &hospice, &f, plan, Action::Read, 0).permits());
@@ -270,7 +337,10 @@ mod tests {
         let mut f = facts(Given);
         f.consent_until = Some(1_000);
         let crew = principal(Ambulance, "RX801", EmergencyTreat);
-        let plan = Subject { resource_type: "CarePlan", writer_org: Some("GP001") };
+        let plan = Subject {
+            resource_type: "CarePlan",
+            writer_org: Some("GP001"),
+        };
         assert!(decide(&Rules::default(), &crew, &f, plan, Action::Read, 999).permits());
         assert!(!decide(&Rules::default(), &crew, &f, plan, Action::Read, 1_000).permits());
     }

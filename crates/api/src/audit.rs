@@ -12,7 +12,10 @@ use epaccs_store::audit::AuditQuery;
 use serde_json::{json, Value};
 
 fn parse_query(pairs: &[(String, String)]) -> Result<AuditQuery, ApiError> {
-    let mut q = AuditQuery { count: epaccs_fhir::query::DEFAULT_COUNT, ..Default::default() };
+    let mut q = AuditQuery {
+        count: epaccs_fhir::query::DEFAULT_COUNT,
+        ..Default::default()
+    };
     for (k, v) in pairs {
         match k.as_str() {
             "_id" => q.id = Some(v.clone()),
@@ -63,7 +66,11 @@ fn parse_query(pairs: &[(String, String)]) -> Result<AuditQuery, ApiError> {
     Ok(q)
 }
 
-pub async fn search(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn search(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let pairs = query_pairs(req.query_string());
     let b = caller
         .audited(&state, "search-type", Some("AuditEvent"), async {
@@ -94,18 +101,33 @@ pub async fn search(state: web::Data<AppState>, caller: Caller, req: HttpRequest
     Ok(respond::json(StatusCode::OK, &b))
 }
 
-pub async fn read(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn read(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     let v = caller
         .audited(&state, "read", Some("AuditEvent"), async {
             caller.require("AuditEvent", Interaction::Read)?;
-            let q = AuditQuery { id: Some(id.clone()), count: 1, ..Default::default() };
+            let q = AuditQuery {
+                id: Some(id.clone()),
+                count: 1,
+                ..Default::default()
+            };
             let gate = caller.gate.clone();
-            let (rows, _) = state.store.with_conn(move |c| epaccs_store::audit::search(c, &gate, &q)).await?;
-            rows.into_iter().next().ok_or_else(|| ApiError::NotFound(format!("AuditEvent/{id} not found")))
+            let (rows, _) = state
+                .store
+                .with_conn(move |c| epaccs_store::audit::search(c, &gate, &q))
+                .await?;
+            rows.into_iter()
+                .next()
+                .ok_or_else(|| ApiError::NotFound(format!("AuditEvent/{id} not found")))
         })
         .await?;
-    Ok(HttpResponse::Ok().content_type(respond::FHIR_JSON_UTF8).body(v))
+    Ok(HttpResponse::Ok()
+        .content_type(respond::FHIR_JSON_UTF8)
+        .body(v))
 }
 
 /// Audit records are never changed or deleted.

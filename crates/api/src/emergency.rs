@@ -11,18 +11,25 @@ use epaccs_core::{codes, Interaction, NhsNumber};
 use epaccs_fhir::date;
 use epaccs_fhir::validate::Issue;
 use epaccs_store::resources;
-use epaccs_store::{Stored, StoreError};
+use epaccs_store::{StoreError, Stored};
 use serde_json::{json, Value};
 
 /// Extension marking the planned review date of a plan or decision.
-pub const REVIEW_DATE_URL: &str = "https://fhir.epaccs.nhs.example/StructureDefinition/planned-review-date";
+pub const REVIEW_DATE_URL: &str =
+    "https://fhir.epaccs.nhs.example/StructureDefinition/planned-review-date";
 /// Extension on a summary section: the review date has passed.
-pub const REVIEW_OVERDUE_URL: &str = "https://fhir.epaccs.nhs.example/StructureDefinition/review-overdue";
+pub const REVIEW_OVERDUE_URL: &str =
+    "https://fhir.epaccs.nhs.example/StructureDefinition/review-overdue";
 
 fn codes_of(v: &Value, element: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut push = |cc: &Value| {
-        for c in cc.get("coding").and_then(Value::as_array).into_iter().flatten() {
+        for c in cc
+            .get("coding")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(code) = c.get("code").and_then(Value::as_str) {
                 out.push(code.to_string());
             }
@@ -41,11 +48,27 @@ fn status(v: &Value) -> &str {
 }
 
 fn effective(v: &Value) -> i64 {
-    ["effectiveDateTime", "date", "dateTime", "authoredOn", "recordedDate", "issued"]
-        .iter()
-        .find_map(|k| v.get(*k).and_then(Value::as_str).and_then(date::parse_range))
-        .or_else(|| v.get("effectivePeriod").and_then(|p| p.get("start")).and_then(Value::as_str).and_then(date::parse_range))
-        .map_or(i64::MIN, |r| r.low)
+    [
+        "effectiveDateTime",
+        "date",
+        "dateTime",
+        "authoredOn",
+        "recordedDate",
+        "issued",
+    ]
+    .iter()
+    .find_map(|k| {
+        v.get(*k)
+            .and_then(Value::as_str)
+            .and_then(date::parse_range)
+    })
+    .or_else(|| {
+        v.get("effectivePeriod")
+            .and_then(|p| p.get("start"))
+            .and_then(Value::as_str)
+            .and_then(date::parse_range)
+    })
+    .map_or(i64::MIN, |r| r.low)
 }
 
 /// The planned review date, if the resource carries one and it has passed.
@@ -62,7 +85,18 @@ fn overdue(v: &Value) -> Option<String> {
     (r.high <= date::now_micros()).then(|| review.to_string())
 }
 
-const INACTIVE: &[&str] = &["entered-in-error", "cancelled", "superseded", "inactive", "revoked", "stopped", "completed", "preliminary", "draft", "rejected"];
+const INACTIVE: &[&str] = &[
+    "entered-in-error",
+    "cancelled",
+    "superseded",
+    "inactive",
+    "revoked",
+    "stopped",
+    "completed",
+    "preliminary",
+    "draft",
+    "rejected",
+];
 
 struct Summary<'a> {
     items: Vec<(&'a Stored, Value)>,
@@ -71,7 +105,9 @@ struct Summary<'a> {
 impl<'a> Summary<'a> {
     fn live(&self, ty: &str) -> impl Iterator<Item = &(&'a Stored, Value)> + '_ {
         let ty = ty.to_string();
-        self.items.iter().filter(move |(s, v)| s.resource_type == ty && !INACTIVE.contains(&status(v)))
+        self.items
+            .iter()
+            .filter(move |(s, v)| s.resource_type == ty && !INACTIVE.contains(&status(v)))
     }
 
     fn with_code(&self, ty: &str, wanted: &[&str]) -> Vec<&(&'a Stored, Value)> {
@@ -99,16 +135,34 @@ fn current_respect<'a>(s: &'a Summary<'a>) -> Option<&'a (&'a Stored, Value)> {
         .flat_map(|(_, v)| {
             let mut gone = Vec::new();
             let index_dead = matches!(status(v), "superseded" | "entered-in-error");
-            for c in v.get("content").and_then(Value::as_array).into_iter().flatten() {
-                if let Some(url) = c.get("attachment").and_then(|a| a.get("url")).and_then(Value::as_str) {
+            for c in v
+                .get("content")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(url) = c
+                    .get("attachment")
+                    .and_then(|a| a.get("url"))
+                    .and_then(Value::as_str)
+                {
                     if index_dead {
                         gone.push(url.rsplit('/').next().unwrap_or(url).to_string());
                     }
                 }
             }
-            for r in v.get("relatesTo").and_then(Value::as_array).into_iter().flatten() {
+            for r in v
+                .get("relatesTo")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if r.get("code").and_then(Value::as_str) == Some("replaces") {
-                    if let Some(t) = r.get("target").and_then(|t| t.get("reference")).and_then(Value::as_str) {
+                    if let Some(t) = r
+                        .get("target")
+                        .and_then(|t| t.get("reference"))
+                        .and_then(Value::as_str)
+                    {
                         gone.push(t.rsplit('/').next().unwrap_or(t).to_string());
                     }
                 }
@@ -121,7 +175,13 @@ fn current_respect<'a>(s: &'a Summary<'a>) -> Option<&'a (&'a Stored, Value)> {
         .find(|(st, v)| matches!(status(v), "final" | "amended") && !superseded.contains(&st.id))
 }
 
-fn section(title: &str, code: Option<&str>, entries: &[&(&Stored, Value)], empty_reason: &str, base: &str) -> Value {
+fn section(
+    title: &str,
+    code: Option<&str>,
+    entries: &[&(&Stored, Value)],
+    empty_reason: &str,
+    base: &str,
+) -> Value {
     let mut text = String::new();
     let mut overdue_since = None;
     for (_, v) in entries {
@@ -137,12 +197,25 @@ fn section(title: &str, code: Option<&str>, entries: &[&(&Stored, Value)], empty
         sec["emptyReason"] = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/list-empty-reason", "code": "unavailable"}], "text": empty_reason});
         text.push_str(empty_reason);
     } else {
-        sec["entry"] = json!(entries.iter().map(|(s, _)| json!({"reference": full_url(base, s)})).collect::<Vec<_>>());
-        let latest = entries.iter().map(|(s, _)| s.last_updated).max().unwrap_or(0);
-        text.push_str(&format!("{} item(s); last updated {}", entries.len(), date::format_instant(latest)));
+        sec["entry"] = json!(entries
+            .iter()
+            .map(|(s, _)| json!({"reference": full_url(base, s)}))
+            .collect::<Vec<_>>());
+        let latest = entries
+            .iter()
+            .map(|(s, _)| s.last_updated)
+            .max()
+            .unwrap_or(0);
+        text.push_str(&format!(
+            "{} item(s); last updated {}",
+            entries.len(),
+            date::format_instant(latest)
+        ));
     }
     if let Some(d) = overdue_since {
-        text.push_str(&format!(". REVIEW OVERDUE: planned review date {d} has passed"));
+        text.push_str(&format!(
+            ". REVIEW OVERDUE: planned review date {d} has passed"
+        ));
         sec["extension"] = json!([{"url": REVIEW_OVERDUE_URL, "valueDate": d}]);
     }
     sec["text"] = json!({"status": "generated", "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{}</div>", html_escape(&text))});
@@ -150,13 +223,27 @@ fn section(title: &str, code: Option<&str>, entries: &[&(&Stored, Value)], empty
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// The resource types an emergency summary draws on.
 const SUMMARY_TYPES: &[&str] = &[
-    "Patient", "Observation", "Composition", "DocumentReference", "RelatedPerson", "CareTeam", "CarePlan", "Goal",
-    "MedicationRequest", "Procedure", "Condition", "Flag", "Consent", "EpisodeOfCare",
+    "Patient",
+    "Observation",
+    "Composition",
+    "DocumentReference",
+    "RelatedPerson",
+    "CareTeam",
+    "CarePlan",
+    "Goal",
+    "MedicationRequest",
+    "Procedure",
+    "Condition",
+    "Flag",
+    "Consent",
+    "EpisodeOfCare",
 ];
 
 fn build_document(state: &AppState, patient: &Stored, items: &[Stored]) -> Value {
@@ -165,14 +252,48 @@ fn build_document(state: &AppState, patient: &Stored, items: &[Stored]) -> Value
     let s = Summary { items: parsed };
     let cpr = s.with_code("Observation", &[codes::FOR_CPR, codes::NOT_FOR_CPR]);
     let respect: Vec<_> = current_respect(&s).into_iter().collect();
-    let mut advance = s.with_code("Observation", &[codes::HAS_ADRT, codes::HAS_ADRT_LIFE_SUSTAINING]);
+    let mut advance = s.with_code(
+        "Observation",
+        &[codes::HAS_ADRT, codes::HAS_ADRT_LIFE_SUSTAINING],
+    );
     advance.extend(s.with_code("Observation", &[codes::HAS_ADVANCE_STATEMENT]));
     let mut lpa: Vec<_> = s.live("RelatedPerson").collect();
-    lpa.extend(s.with_code("Observation", &[codes::HAS_LPA_WELFARE, codes::HAS_LPA_LIFE_SUSTAINING]));
-    let places = s.with_code("Observation", &[&codes::PREFERRED_PLACE_OF_DEATH[..], &["517111000000103", "517131000000106", "766391000000108", "517161000000101"]].concat());
-    let mut meds = s.with_code("MedicationRequest", &[codes::ANTICIPATORY_MEDS_BOX, codes::ANTICIPATORY_MEDS_PRESCRIPTION]);
-    meds.extend(s.live("MedicationRequest").filter(|m| !meds.iter().any(|x| x.0.id == m.0.id)).collect::<Vec<_>>());
-    meds.extend(s.with_code("Procedure", &[codes::ANTICIPATORY_MEDS_BOX, codes::ANTICIPATORY_MEDS_PRESCRIPTION]));
+    lpa.extend(s.with_code(
+        "Observation",
+        &[codes::HAS_LPA_WELFARE, codes::HAS_LPA_LIFE_SUSTAINING],
+    ));
+    let places = s.with_code(
+        "Observation",
+        &[
+            &codes::PREFERRED_PLACE_OF_DEATH[..],
+            &[
+                "517111000000103",
+                "517131000000106",
+                "766391000000108",
+                "517161000000101",
+            ],
+        ]
+        .concat(),
+    );
+    let mut meds = s.with_code(
+        "MedicationRequest",
+        &[
+            codes::ANTICIPATORY_MEDS_BOX,
+            codes::ANTICIPATORY_MEDS_PRESCRIPTION,
+        ],
+    );
+    meds.extend(
+        s.live("MedicationRequest")
+            .filter(|m| !meds.iter().any(|x| x.0.id == m.0.id))
+            .collect::<Vec<_>>(),
+    );
+    meds.extend(s.with_code(
+        "Procedure",
+        &[
+            codes::ANTICIPATORY_MEDS_BOX,
+            codes::ANTICIPATORY_MEDS_PRESCRIPTION,
+        ],
+    ));
     let team: Vec<_> = s.live("CareTeam").collect();
     let plans: Vec<_> = s.live("CarePlan").collect();
     let mut other: Vec<_> = s.live("Condition").collect();
@@ -181,22 +302,90 @@ fn build_document(state: &AppState, patient: &Stored, items: &[Stored]) -> Value
     other.extend(s.with_code("Observation", &codes::PROGNOSIS));
 
     let p = respond::parse(patient);
-    let deceased = p.get("deceasedDateTime").and_then(Value::as_str).map(str::to_string).or_else(|| p.get("deceasedBoolean").and_then(Value::as_bool).filter(|b| *b).map(|_| "yes".to_string()));
+    let deceased = p
+        .get("deceasedDateTime")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| {
+            p.get("deceasedBoolean")
+                .and_then(Value::as_bool)
+                .filter(|b| *b)
+                .map(|_| "yes".to_string())
+        });
     let mut sections = vec![
-        section("CPR decision", Some(codes::FOR_CPR), &cpr.iter().take(1).copied().collect::<Vec<_>>(), "No CPR decision recorded: follow usual resuscitation guidance", base),
-        section("ReSPECT recommendations (current form only)", Some(codes::RESPECT_FORM), &respect, "No current ReSPECT form", base),
-        section("Advance decisions (ADRT first, then advance statements)", Some(codes::HAS_ADRT), &advance, "No advance decision or statement recorded", base),
-        section("Lasting power of attorney and personal contacts", Some(codes::HAS_LPA_WELFARE), &lpa, "No LPA holder or personal contact recorded", base),
-        section("Preferred place of care and death", None, &places, "ALERT: preferred place of death not recorded", base),
-        section("Anticipatory medicines and where they are kept", Some(codes::ANTICIPATORY_MEDS_BOX), &meds, "No anticipatory medicines recorded", base),
-        section("Key worker and 24-hour contacts", None, &team, "No care team recorded", base),
-        section("Care plans", Some(codes::EOL_CARE_PLAN), &plans, "No care plan recorded", base),
-        section("Conditions, register and status", None, &other, "Nothing further recorded", base),
+        section(
+            "CPR decision",
+            Some(codes::FOR_CPR),
+            &cpr.iter().take(1).copied().collect::<Vec<_>>(),
+            "No CPR decision recorded: follow usual resuscitation guidance",
+            base,
+        ),
+        section(
+            "ReSPECT recommendations (current form only)",
+            Some(codes::RESPECT_FORM),
+            &respect,
+            "No current ReSPECT form",
+            base,
+        ),
+        section(
+            "Advance decisions (ADRT first, then advance statements)",
+            Some(codes::HAS_ADRT),
+            &advance,
+            "No advance decision or statement recorded",
+            base,
+        ),
+        section(
+            "Lasting power of attorney and personal contacts",
+            Some(codes::HAS_LPA_WELFARE),
+            &lpa,
+            "No LPA holder or personal contact recorded",
+            base,
+        ),
+        section(
+            "Preferred place of care and death",
+            None,
+            &places,
+            "ALERT: preferred place of death not recorded",
+            base,
+        ),
+        section(
+            "Anticipatory medicines and where they are kept",
+            Some(codes::ANTICIPATORY_MEDS_BOX),
+            &meds,
+            "No anticipatory medicines recorded",
+            base,
+        ),
+        section(
+            "Key worker and 24-hour contacts",
+            None,
+            &team,
+            "No care team recorded",
+            base,
+        ),
+        section(
+            "Care plans",
+            Some(codes::EOL_CARE_PLAN),
+            &plans,
+            "No care plan recorded",
+            base,
+        ),
+        section(
+            "Conditions, register and status",
+            None,
+            &other,
+            "Nothing further recorded",
+            base,
+        ),
     ];
     if let Some(d) = &deceased {
         sections.insert(0, json!({"title": "Deceased", "text": {"status": "generated", "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">This person has died ({})</div>", html_escape(d))}}));
     }
-    let latest = items.iter().map(|s| s.last_updated).chain([patient.last_updated]).max().unwrap_or(0);
+    let latest = items
+        .iter()
+        .map(|s| s.last_updated)
+        .chain([patient.last_updated])
+        .max()
+        .unwrap_or(0);
     let now = date::format_instant(date::now_micros());
     let composition = json!({
         "resourceType": "Composition",
@@ -210,10 +399,14 @@ fn build_document(state: &AppState, patient: &Stored, items: &[Stored]) -> Value
         "extension": [{"url": "https://fhir.epaccs.nhs.example/StructureDefinition/record-last-updated", "valueInstant": date::format_instant(latest)}],
         "section": sections,
     });
-    let mut entries = vec![json!({"fullUrl": format!("urn:uuid:{}", composition["id"].as_str().unwrap_or_default()), "resource": composition})];
+    let mut entries = vec![
+        json!({"fullUrl": format!("urn:uuid:{}", composition["id"].as_str().unwrap_or_default()), "resource": composition}),
+    ];
     entries.push(json!({"fullUrl": full_url(base, patient), "resource": p}));
     let mut included = std::collections::BTreeSet::new();
-    for group in [&cpr, &respect, &advance, &lpa, &places, &meds, &team, &plans, &other] {
+    for group in [
+        &cpr, &respect, &advance, &lpa, &places, &meds, &team, &plans, &other,
+    ] {
         for (st, v) in group.iter() {
             if included.insert((st.resource_type.clone(), st.id.clone())) {
                 entries.push(json!({"fullUrl": full_url(base, st), "resource": v}));
@@ -228,15 +421,30 @@ fn build_document(state: &AppState, patient: &Stored, items: &[Stored]) -> Value
 
 enum Lookup {
     Nhs(NhsNumber),
-    Demographics { family: String, birth: date::Range, postcode: String },
+    Demographics {
+        family: String,
+        birth: date::Range,
+        postcode: String,
+    },
 }
 
 fn parse_lookup(pairs: &[(String, String)]) -> Result<Lookup, ApiError> {
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_string()).filter(|v| !v.is_empty());
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
     if let Some(ident) = get("identifier") {
-        let (system, value) = ident.split_once('|').unwrap_or((NhsNumber::SYSTEM, ident.as_str()));
+        let (system, value) = ident
+            .split_once('|')
+            .unwrap_or((NhsNumber::SYSTEM, ident.as_str()));
         if system != NhsNumber::SYSTEM {
-            return Err(ApiError::BadRequest(format!("identifier system must be {}", NhsNumber::SYSTEM)));
+            return Err(ApiError::BadRequest(format!(
+                "identifier system must be {}",
+                NhsNumber::SYSTEM
+            )));
         }
         let n = NhsNumber::parse(value).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         return Ok(Lookup::Nhs(n));
@@ -255,7 +463,11 @@ fn parse_lookup(pairs: &[(String, String)]) -> Result<Lookup, ApiError> {
     }
 }
 
-pub async fn summary(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn summary(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let pairs = query_pairs(req.query_string());
     let doc = caller
         .audited(&state, "operation", Some("Patient"), async {
@@ -295,7 +507,12 @@ pub async fn summary(state: web::Data<AppState>, caller: Caller, req: HttpReques
     Ok(respond::json(StatusCode::OK, &doc))
 }
 
-pub async fn everything(state: web::Data<AppState>, caller: Caller, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn everything(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     let pairs = query_pairs(req.query_string());
     let b = caller

@@ -80,8 +80,17 @@ pub fn operation_outcome(issues: &[Issue]) -> Value {
 
 /// An informational or warning OperationOutcome (for `Prefer: return=OperationOutcome` and
 /// bundle entries).
-pub fn outcome_info(severity: IssueSeverity, code: &'static str, message: impl Into<String>) -> Value {
-    operation_outcome(&[Issue { severity, code, path: None, message: message.into() }])
+pub fn outcome_info(
+    severity: IssueSeverity,
+    code: &'static str,
+    message: impl Into<String>,
+) -> Value {
+    operation_outcome(&[Issue {
+        severity,
+        code,
+        path: None,
+        message: message.into(),
+    }])
 }
 
 impl ApiError {
@@ -101,7 +110,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(m) => one("too-long", m),
             ApiError::UnsupportedMediaType(m) => one("not-supported", m),
             ApiError::Unavailable(m) => one("transient", m),
-            ApiError::Internal(_) => one("exception", "internal error; the incident has been logged"),
+            ApiError::Internal(_) => {
+                one("exception", "internal error; the incident has been logged")
+            }
         }
     }
 
@@ -170,7 +181,9 @@ impl From<StoreError> for ApiError {
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
         match e {
-            ValidationError::Malformed(m) => ApiError::BadRequest(format!("the body is not valid JSON: {m}")),
+            ValidationError::Malformed(m) => {
+                ApiError::BadRequest(format!("the body is not valid JSON: {m}"))
+            }
             ValidationError::WrongType(m) => ApiError::BadRequest(m),
             ValidationError::Invalid(issues) => ApiError::Unprocessable(issues),
         }

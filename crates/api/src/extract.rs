@@ -34,10 +34,17 @@ impl Caller {
     }
 
     /// The audit record of this request, from what the gate decided.
-    pub fn audit_record(&self, interaction: &str, resource_type: Option<&str>, result: &Result<(), &ApiError>) -> audit::AuditRecord {
+    pub fn audit_record(
+        &self,
+        interaction: &str,
+        resource_type: Option<&str>,
+        result: &Result<(), &ApiError>,
+    ) -> audit::AuditRecord {
         let (outcome, description) = match result {
             Ok(()) => (Outcome::Success, None),
-            Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) => (Outcome::SeriousFailure, Some(e.to_string())),
+            Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) => {
+                (Outcome::SeriousFailure, Some(e.to_string()))
+            }
             Err(e) => (Outcome::MinorFailure, Some(e.to_string())),
         };
         let req = audit::Request {
@@ -66,7 +73,11 @@ impl Caller {
             .store
             .write(move |c| epaccs_store::audit::insert(c, &rec))
             .await
-            .map_err(|e| ApiError::Unavailable(format!("the access could not be audited, so it is refused: {e}")))?;
+            .map_err(|e| {
+                ApiError::Unavailable(format!(
+                    "the access could not be audited, so it is refused: {e}"
+                ))
+            })?;
         result
     }
 }
@@ -77,22 +88,39 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let auth = req.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).map(str::to_string);
-        let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+        let auth = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("no application state".into()))?;
-            let auth = auth.ok_or_else(|| ApiError::Unauthorized("a bearer access token is required".into()))?;
+            let auth = auth.ok_or_else(|| {
+                ApiError::Unauthorized("a bearer access token is required".into())
+            })?;
             let token = auth
                 .strip_prefix("Bearer ")
                 .or_else(|| auth.strip_prefix("bearer "))
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
-                .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))?;
+                .ok_or_else(|| {
+                    ApiError::Unauthorized(
+                        "the Authorization header must be 'Bearer <token>'".into(),
+                    )
+                })?;
             let principal = state.tokens.verify(token).await.map_err(|e| match e {
                 epaccs_auth::AuthError::Unavailable(m) => ApiError::Unavailable(m),
                 other => ApiError::Unauthorized(other.to_string()),
             })?;
-            Ok(Caller { gate: Arc::new(Gate::new(principal, state.rules.clone())), target })
+            Ok(Caller {
+                gate: Arc::new(Gate::new(principal, state.rules.clone())),
+                target,
+            })
         })
     }
 }
@@ -115,10 +143,22 @@ impl FromRequest for Body {
     type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req.app_data::<web::Data<AppState>>().map(|s| s.limits.max_body_bytes).unwrap_or(4 << 20);
-        let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+        let limit = req
+            .app_data::<web::Data<AppState>>()
+            .map(|s| s.limits.max_body_bytes)
+            .unwrap_or(4 << 20);
+        let ctype = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
         let mime = ctype.split(';').next().unwrap_or("").trim().to_string();
-        let declared_len = req.headers().get(header::CONTENT_LENGTH).and_then(|h| h.to_str().ok()).and_then(|s| s.parse::<usize>().ok());
+        let declared_len = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|s| s.parse::<usize>().ok());
         let mut payload = payload.take();
         Box::pin(async move {
             let kind = match mime.as_str() {
@@ -128,17 +168,25 @@ impl FromRequest for Body {
                 other => return Err(ApiError::UnsupportedMediaType(format!("Content-Type {other} is not supported; use application/fhir+json (or application/json-patch+json for PATCH)"))),
             };
             if declared_len.is_some_and(|n| n > limit) {
-                return Err(ApiError::PayloadTooLarge(format!("the body is larger than the limit of {limit} bytes")));
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "the body is larger than the limit of {limit} bytes"
+                )));
             }
             let mut buf = web::BytesMut::new();
             while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
+                let chunk = chunk
+                    .map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
                 if buf.len() + chunk.len() > limit {
-                    return Err(ApiError::PayloadTooLarge(format!("the body is larger than the limit of {limit} bytes")));
+                    return Err(ApiError::PayloadTooLarge(format!(
+                        "the body is larger than the limit of {limit} bytes"
+                    )));
                 }
                 buf.extend_from_slice(&chunk);
             }
-            Ok(Body { bytes: buf.freeze(), kind })
+            Ok(Body {
+                bytes: buf.freeze(),
+                kind,
+            })
         })
     }
 }
@@ -147,13 +195,21 @@ impl FromRequest for Body {
 pub fn parse_etag(v: &str) -> Result<i64, ApiError> {
     let t = v.trim();
     let t = t.strip_prefix("W/").unwrap_or(t);
-    t.trim_matches('"').parse().map_err(|_| ApiError::BadRequest(format!("'{v}' is not a valid version ETag; expected W/\"<version>\"")))
+    t.trim_matches('"').parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "'{v}' is not a valid version ETag; expected W/\"<version>\""
+        ))
+    })
 }
 
 pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     req.headers()
         .get(header::IF_MATCH)
-        .map(|h| h.to_str().map_err(|_| ApiError::BadRequest("If-Match is not valid text".into())).and_then(parse_etag))
+        .map(|h| {
+            h.to_str()
+                .map_err(|_| ApiError::BadRequest("If-Match is not valid text".into()))
+                .and_then(parse_etag)
+        })
         .transpose()
 }
 
@@ -173,7 +229,10 @@ pub struct Prefer {
 }
 
 pub fn prefer(req: &HttpRequest) -> Prefer {
-    let mut p = Prefer { ret: Return::Representation, strict: false };
+    let mut p = Prefer {
+        ret: Return::Representation,
+        strict: false,
+    };
     for h in req.headers().get_all("prefer") {
         for part in h.to_str().unwrap_or("").split([',', ';']) {
             match part.trim().replace(' ', "").as_str() {
@@ -191,5 +250,7 @@ pub fn prefer(req: &HttpRequest) -> Prefer {
 
 /// Query pairs of a URL query string (percent-decoded).
 pub fn query_pairs(query: &str) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+    url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }

@@ -21,14 +21,27 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use std::net::TcpListener;
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!("no such endpoint: {} {}", req.method(), req.path())))
+    Err(ApiError::NotFound(format!(
+        "no such endpoint: {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(format!("{} is not supported on {}", req.method(), req.path())))
+    Err(ApiError::MethodNotAllowed(format!(
+        "{} is not supported on {}",
+        req.method(),
+        req.path()
+    )))
 }
 
-async fn validate_instance(state: web::Data<AppState>, caller: extract::Caller, path: web::Path<(String, String)>, body: extract::Body) -> Result<HttpResponse, ApiError> {
+async fn validate_instance(
+    state: web::Data<AppState>,
+    caller: extract::Caller,
+    path: web::Path<(String, String)>,
+    body: extract::Body,
+) -> Result<HttpResponse, ApiError> {
     let (ty, _id) = path.into_inner();
     rest::validate_op(state, caller, web::Path::from(ty), body).await
 }
@@ -40,18 +53,35 @@ fn method_guarded(path: &str) -> actix_web::Resource {
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(method_guarded("/metadata").route(web::get().to(capability::metadata)))
-        .service(method_guarded("/.well-known/smart-configuration").route(web::get().to(smart::configuration)))
+        .service(
+            method_guarded("/.well-known/smart-configuration")
+                .route(web::get().to(smart::configuration)),
+        )
         .service(method_guarded("/.well-known/jwks.json").route(web::get().to(smart::jwks)))
         .service(method_guarded("/auth/token").route(web::post().to(smart::token)))
-        .service(method_guarded("/Patient/$emergency-summary").route(web::get().to(emergency::summary)))
-        .service(method_guarded("/Patient/{id}/$everything").route(web::get().to(emergency::everything)))
-        .service(web::resource("/AuditEvent").route(web::get().to(audit::search)).default_service(web::to(audit::immutable)))
-        .service(web::resource("/AuditEvent/{id}").route(web::get().to(audit::read)).default_service(web::to(audit::immutable)))
+        .service(
+            method_guarded("/Patient/$emergency-summary").route(web::get().to(emergency::summary)),
+        )
+        .service(
+            method_guarded("/Patient/{id}/$everything").route(web::get().to(emergency::everything)),
+        )
+        .service(
+            web::resource("/AuditEvent")
+                .route(web::get().to(audit::search))
+                .default_service(web::to(audit::immutable)),
+        )
+        .service(
+            web::resource("/AuditEvent/{id}")
+                .route(web::get().to(audit::read))
+                .default_service(web::to(audit::immutable)),
+        )
         .service(method_guarded("/{type}/$validate").route(web::post().to(rest::validate_op)))
         .service(method_guarded("/{type}/{id}/$validate").route(web::post().to(validate_instance)))
         .service(method_guarded("/{type}/_search").route(web::post().to(rest::search_post)))
         .service(method_guarded("/{type}/_history").route(web::get().to(rest::history_type)))
-        .service(method_guarded("/{type}/{id}/_history").route(web::get().to(rest::history_instance)))
+        .service(
+            method_guarded("/{type}/{id}/_history").route(web::get().to(rest::history_instance)),
+        )
         .service(method_guarded("/{type}/{id}/_history/{vid}").route(web::get().to(rest::vread)))
         .service(
             method_guarded("/{type}/{id}")
@@ -71,8 +101,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Rewrites any error response that is not already FHIR or OAuth JSON into an
 /// OperationOutcome, so clients never see a plain-text framework error.
-fn outcome_for_foreign_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let ctype = res.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or("");
+fn outcome_for_foreign_errors<B>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let ctype = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
     if ctype.starts_with("application/fhir+json") || ctype.starts_with("application/json") {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
@@ -85,18 +121,33 @@ fn outcome_for_foreign_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<E
         415 => ApiError::UnsupportedMediaType("unsupported media type".into()),
         503 => ApiError::Unavailable("service unavailable".into()),
         s if s >= 500 => ApiError::Internal(format!("framework error {s}")),
-        _ => ApiError::BadRequest(status.canonical_reason().unwrap_or("bad request").to_string()),
+        _ => ApiError::BadRequest(
+            status
+                .canonical_reason()
+                .unwrap_or("bad request")
+                .to_string(),
+        ),
     };
     let (req, _) = res.into_parts();
     let mut response: HttpResponse<BoxBody> = actix_web::ResponseError::error_response(&err);
     *response.status_mut() = status;
-    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, response).map_into_right_body(),
+    ))
 }
 
 /// Builds the app factory's App (for the server and in-process use).
 pub fn app(
     state: web::Data<AppState>,
-) -> App<impl actix_web::dev::ServiceFactory<actix_web::dev::ServiceRequest, Config = (), Response = ServiceResponse<EitherBody<BoxBody>>, Error = actix_web::Error, InitError = ()>> {
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<EitherBody<BoxBody>>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
     App::new()
         .app_data(state)
         .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
@@ -105,7 +156,11 @@ pub fn app(
 }
 
 /// The HTTP server over a bound listener; await it (or spawn it) to serve until stopped.
-pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io::Result<actix_web::dev::Server> {
+pub fn server(
+    state: AppState,
+    listener: TcpListener,
+    workers: usize,
+) -> std::io::Result<actix_web::dev::Server> {
     let state = web::Data::new(state);
     Ok(HttpServer::new(move || app(state.clone()))
         .workers(workers)

@@ -16,25 +16,50 @@ pub fn etag(version: i64) -> String {
 }
 
 /// A resource response with ETag, Last-Modified and, for writes, Location.
-pub fn resource(s: &Stored, status: StatusCode, base: &str, location: bool, ret: Return) -> HttpResponse {
+pub fn resource(
+    s: &Stored,
+    status: StatusCode,
+    base: &str,
+    location: bool,
+    ret: Return,
+) -> HttpResponse {
     let mut b = HttpResponse::build(status);
     b.insert_header((header::ETAG, etag(s.version_id)));
-    b.insert_header((header::LAST_MODIFIED, date::format_http_date(s.last_updated)));
+    b.insert_header((
+        header::LAST_MODIFIED,
+        date::format_http_date(s.last_updated),
+    ));
     if location {
-        b.insert_header((header::LOCATION, format!("{base}/{}/{}/_history/{}", s.resource_type, s.id, s.version_id)));
+        b.insert_header((
+            header::LOCATION,
+            format!(
+                "{base}/{}/{}/_history/{}",
+                s.resource_type, s.id, s.version_id
+            ),
+        ));
     }
     match ret {
         Return::Representation => b.content_type(FHIR_JSON_UTF8).body(s.content.clone()),
         Return::Minimal => b.finish(),
         Return::OperationOutcome => b.content_type(FHIR_JSON_UTF8).body(
-            outcome_info(IssueSeverity::Information, "informational", format!("{}/{} version {} stored", s.resource_type, s.id, s.version_id)).to_string(),
+            outcome_info(
+                IssueSeverity::Information,
+                "informational",
+                format!(
+                    "{}/{} version {} stored",
+                    s.resource_type, s.id, s.version_id
+                ),
+            )
+            .to_string(),
         ),
     }
 }
 
 /// Any JSON value as a FHIR response.
 pub fn json(status: StatusCode, v: &Value) -> HttpResponse {
-    HttpResponse::build(status).content_type(FHIR_JSON_UTF8).body(v.to_string())
+    HttpResponse::build(status)
+        .content_type(FHIR_JSON_UTF8)
+        .body(v.to_string())
 }
 
 /// Parses stored JSON (written by this server, so always valid).
@@ -43,7 +68,12 @@ pub fn parse(s: &Stored) -> Value {
 }
 
 /// A Bundle with the given type, entries and links.
-pub fn bundle(kind: &str, total: Option<usize>, links: Vec<(&str, String)>, entries: Vec<Value>) -> Value {
+pub fn bundle(
+    kind: &str,
+    total: Option<usize>,
+    links: Vec<(&str, String)>,
+    entries: Vec<Value>,
+) -> Value {
     let mut b = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
@@ -54,7 +84,12 @@ pub fn bundle(kind: &str, total: Option<usize>, links: Vec<(&str, String)>, entr
         b["total"] = json!(t);
     }
     if !links.is_empty() {
-        b["link"] = Value::Array(links.into_iter().map(|(rel, url)| json!({"relation": rel, "url": url})).collect());
+        b["link"] = Value::Array(
+            links
+                .into_iter()
+                .map(|(rel, url)| json!({"relation": rel, "url": url}))
+                .collect(),
+        );
     }
     b["entry"] = Value::Array(entries);
     b
@@ -67,7 +102,9 @@ pub fn full_url(base: &str, s: &Stored) -> String {
 /// `_summary` / `_elements` applied to a resource for a search result; marks it SUBSETTED.
 pub fn subset(mut v: Value, summary: epaccs_fhir::query::Summary, elements: &[String]) -> Value {
     use epaccs_fhir::query::Summary;
-    let Some(map) = v.as_object_mut() else { return v };
+    let Some(map) = v.as_object_mut() else {
+        return v;
+    };
     let keep_always = ["resourceType", "id", "meta"];
     let subsetted = match summary {
         Summary::Data => {
@@ -76,11 +113,48 @@ pub fn subset(mut v: Value, summary: epaccs_fhir::query::Summary, elements: &[St
         }
         Summary::True => {
             const SUMMARY: &[&str] = &[
-                "identifier", "active", "name", "telecom", "gender", "birthDate", "deceasedBoolean", "deceasedDateTime", "address",
-                "generalPractitioner", "managingOrganization", "link", "status", "category", "code", "subject", "patient", "effectiveDateTime",
-                "effectivePeriod", "issued", "valueCodeableConcept", "valueQuantity", "valueString", "valueBoolean", "valueInteger",
-                "dateTime", "scope", "type", "date", "title", "author", "period", "intent", "relatesTo", "custodian", "participant",
-                "lifecycleStatus", "clinicalStatus", "verificationStatus", "medicationCodeableConcept", "authoredOn", "target",
+                "identifier",
+                "active",
+                "name",
+                "telecom",
+                "gender",
+                "birthDate",
+                "deceasedBoolean",
+                "deceasedDateTime",
+                "address",
+                "generalPractitioner",
+                "managingOrganization",
+                "link",
+                "status",
+                "category",
+                "code",
+                "subject",
+                "patient",
+                "effectiveDateTime",
+                "effectivePeriod",
+                "issued",
+                "valueCodeableConcept",
+                "valueQuantity",
+                "valueString",
+                "valueBoolean",
+                "valueInteger",
+                "dateTime",
+                "scope",
+                "type",
+                "date",
+                "title",
+                "author",
+                "period",
+                "intent",
+                "relatesTo",
+                "custodian",
+                "participant",
+                "lifecycleStatus",
+                "clinicalStatus",
+                "verificationStatus",
+                "medicationCodeableConcept",
+                "authoredOn",
+                "target",
             ];
             map.retain(|k, _| keep_always.contains(&k.as_str()) || SUMMARY.contains(&k.as_str()));
             true

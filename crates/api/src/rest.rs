@@ -18,39 +18,81 @@ use serde_json::{json, Value};
 pub fn kind(ty: &str) -> Result<&'static ResourceKind, ApiError> {
     registry::kind_of(ty)
         .filter(|k| k.client_writable)
-        .ok_or_else(|| ApiError::NotFound(format!("resource type '{ty}' is not supported by this server")))
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "resource type '{ty}' is not supported by this server"
+            ))
+        })
 }
 
 /// Validates a body for a write and derives its index rows and patient link.
-pub fn prepare_put(state: &AppState, kind: &'static ResourceKind, body: Value, method: &'static str, url_id: Option<&str>) -> Result<Put, ApiError> {
+pub fn prepare_put(
+    state: &AppState,
+    kind: &'static ResourceKind,
+    body: Value,
+    method: &'static str,
+    url_id: Option<&str>,
+) -> Result<Put, ApiError> {
     validate::validate(kind, &body)?;
     match (url_id, body.get("id").and_then(Value::as_str)) {
-        (Some(url), Some(b)) if url != b => return Err(ApiError::BadRequest(format!("the id in the body ({b}) does not match the id in the URL ({url})"))),
-        (Some(_), None) => return Err(ApiError::BadRequest("an update must carry the resource id in the body".into())),
+        (Some(url), Some(b)) if url != b => {
+            return Err(ApiError::BadRequest(format!(
+                "the id in the body ({b}) does not match the id in the URL ({url})"
+            )))
+        }
+        (Some(_), None) => {
+            return Err(ApiError::BadRequest(
+                "an update must carry the resource id in the body".into(),
+            ))
+        }
         _ => {}
     }
     if let Some(id) = url_id {
         if !registry::is_valid_id(id) {
-            return Err(ApiError::BadRequest(format!("'{id}' is not a valid FHIR id")));
+            return Err(ApiError::BadRequest(format!(
+                "'{id}' is not a valid FHIR id"
+            )));
         }
     }
     let index = state.store.params().index(kind.name, &body);
-    let link = if kind.name == "Patient" { PatientLink::SelfPatient(url_id.unwrap_or_default().to_string()) } else { registry::patient_link(kind, &body) };
-    Ok(Put { kind, body, index, link, method })
+    let link = if kind.name == "Patient" {
+        PatientLink::SelfPatient(url_id.unwrap_or_default().to_string())
+    } else {
+        registry::patient_link(kind, &body)
+    };
+    Ok(Put {
+        kind,
+        body,
+        index,
+        link,
+        method,
+    })
 }
 
 fn fhir_body(body: &Body) -> Result<Value, ApiError> {
     if body.kind != BodyKind::Fhir {
-        return Err(ApiError::UnsupportedMediaType("this interaction takes application/fhir+json".into()));
+        return Err(ApiError::UnsupportedMediaType(
+            "this interaction takes application/fhir+json".into(),
+        ));
     }
     Ok(validate::parse_json(&body.bytes)?)
 }
 
 /// Runs a write and its audit record in one transaction of the group commit.
-pub async fn write_audited(state: &AppState, caller: &Caller, interaction: &'static str, ty: &str, op: Result<WriteOp, ApiError>) -> Result<Written, ApiError> {
+pub async fn write_audited(
+    state: &AppState,
+    caller: &Caller,
+    interaction: &'static str,
+    ty: &str,
+    op: Result<WriteOp, ApiError>,
+) -> Result<Written, ApiError> {
     let op = match op {
         Ok(op) => op,
-        Err(e) => return caller.audited(state, interaction, Some(ty), async { Err(e) }).await,
+        Err(e) => {
+            return caller
+                .audited(state, interaction, Some(ty), async { Err(e) })
+                .await
+        }
     };
     let gate = caller.gate.clone();
     let target = caller.target.clone();
@@ -60,7 +102,10 @@ pub async fn write_audited(state: &AppState, caller: &Caller, interaction: &'sta
         .write(move |c| {
             let r = epaccs_store::savepoint(c, |c| resources::apply(c, &gate, op));
             let api = r.clone().map(|_| ()).map_err(ApiError::from);
-            let probe = Caller { gate: gate.clone(), target };
+            let probe = Caller {
+                gate: gate.clone(),
+                target,
+            };
             let rec = probe.audit_record(interaction, Some(&ty_owned), &api.as_ref().map(|_| ()));
             audit::insert(c, &rec)?;
             Ok(r)
@@ -72,20 +117,40 @@ pub async fn write_audited(state: &AppState, caller: &Caller, interaction: &'sta
 fn write_response(state: &AppState, req: &HttpRequest, w: &Written) -> HttpResponse {
     let ret = prefer(req).ret;
     match w.status {
-        WriteStatus::Created => respond::resource(&w.stored, StatusCode::CREATED, &state.base_url, true, ret),
-        WriteStatus::Updated | WriteStatus::Existing => respond::resource(&w.stored, StatusCode::OK, &state.base_url, w.status == WriteStatus::Updated, ret),
+        WriteStatus::Created => {
+            respond::resource(&w.stored, StatusCode::CREATED, &state.base_url, true, ret)
+        }
+        WriteStatus::Updated | WriteStatus::Existing => respond::resource(
+            &w.stored,
+            StatusCode::OK,
+            &state.base_url,
+            w.status == WriteStatus::Updated,
+            ret,
+        ),
         WriteStatus::Deleted | WriteStatus::AlreadyDeleted => {
             let mut b = HttpResponse::Ok();
             if w.status == WriteStatus::Deleted {
                 b.insert_header((header::ETAG, respond::etag(w.stored.version_id)));
             }
-            b.content_type(respond::FHIR_JSON_UTF8)
-                .body(outcome_info(IssueSeverity::Information, "informational", format!("{}/{} deleted", w.stored.resource_type, w.stored.id)).to_string())
+            b.content_type(respond::FHIR_JSON_UTF8).body(
+                outcome_info(
+                    IssueSeverity::Information,
+                    "informational",
+                    format!("{}/{} deleted", w.stored.resource_type, w.stored.id),
+                )
+                .to_string(),
+            )
         }
     }
 }
 
-pub async fn create(state: web::Data<AppState>, caller: Caller, req: HttpRequest, path: web::Path<String>, body: Body) -> Result<HttpResponse, ApiError> {
+pub async fn create(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: Body,
+) -> Result<HttpResponse, ApiError> {
     let ty = path.into_inner();
     let op = (|| {
         let kind = kind(&ty)?;
@@ -93,7 +158,9 @@ pub async fn create(state: web::Data<AppState>, caller: Caller, req: HttpRequest
         let put = prepare_put(&state, kind, fhir_body(&body)?, "POST", None)?;
         let if_none_exist = match req.headers().get("if-none-exist") {
             Some(h) => {
-                let q = h.to_str().map_err(|_| ApiError::BadRequest("If-None-Exist is not valid text".into()))?;
+                let q = h
+                    .to_str()
+                    .map_err(|_| ApiError::BadRequest("If-None-Exist is not valid text".into()))?;
                 let q = q.split_once('?').map_or(q, |(_, q)| q);
                 Some(Query::parse(state.store.params(), kind.name, &query_pairs(q), true)?.filters)
             }
@@ -105,19 +172,36 @@ pub async fn create(state: web::Data<AppState>, caller: Caller, req: HttpRequest
     Ok(write_response(&state, &req, &w))
 }
 
-pub async fn update(state: web::Data<AppState>, caller: Caller, req: HttpRequest, path: web::Path<(String, String)>, body: Body) -> Result<HttpResponse, ApiError> {
+pub async fn update(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: Body,
+) -> Result<HttpResponse, ApiError> {
     let (ty, id) = path.into_inner();
     let op = (|| {
         let kind = kind(&ty)?;
         caller.require(kind.name, Interaction::Update)?;
         let put = prepare_put(&state, kind, fhir_body(&body)?, "PUT", Some(&id))?;
-        Ok(WriteOp::Update { id: id.clone(), put, if_match: if_match(&req)?, upsert: true })
+        Ok(WriteOp::Update {
+            id: id.clone(),
+            put,
+            if_match: if_match(&req)?,
+            upsert: true,
+        })
     })();
     let w = write_audited(&state, &caller, "update", &ty, op).await?;
     Ok(write_response(&state, &req, &w))
 }
 
-pub async fn conditional_update(state: web::Data<AppState>, caller: Caller, req: HttpRequest, path: web::Path<String>, body: Body) -> Result<HttpResponse, ApiError> {
+pub async fn conditional_update(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: Body,
+) -> Result<HttpResponse, ApiError> {
     let ty = path.into_inner();
     let op = (|| {
         let kind = kind(&ty)?;
@@ -125,25 +209,50 @@ pub async fn conditional_update(state: web::Data<AppState>, caller: Caller, req:
         let value = fhir_body(&body)?;
         let body_id = value.get("id").and_then(Value::as_str).map(str::to_string);
         let put = prepare_put(&state, kind, value, "PUT", body_id.as_deref())?;
-        let filters = Query::parse(state.store.params(), kind.name, &query_pairs(req.query_string()), true)?.filters;
-        Ok(WriteOp::ConditionalUpdate { filters, put, if_match: if_match(&req)? })
+        let filters = Query::parse(
+            state.store.params(),
+            kind.name,
+            &query_pairs(req.query_string()),
+            true,
+        )?
+        .filters;
+        Ok(WriteOp::ConditionalUpdate {
+            filters,
+            put,
+            if_match: if_match(&req)?,
+        })
     })();
     let w = write_audited(&state, &caller, "update", &ty, op).await?;
     Ok(write_response(&state, &req, &w))
 }
 
-pub async fn delete(state: web::Data<AppState>, caller: Caller, req: HttpRequest, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn delete(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (ty, id) = path.into_inner();
     let op = (|| {
         let kind = kind(&ty)?;
         caller.require(kind.name, Interaction::Delete)?;
-        Ok(WriteOp::Delete { resource_type: kind.name.to_string(), id: id.clone(), if_match: if_match(&req)? })
+        Ok(WriteOp::Delete {
+            resource_type: kind.name.to_string(),
+            id: id.clone(),
+            if_match: if_match(&req)?,
+        })
     })();
     let w = write_audited(&state, &caller, "delete", &ty, op).await?;
     Ok(write_response(&state, &req, &w))
 }
 
-pub async fn patch(state: web::Data<AppState>, caller: Caller, req: HttpRequest, path: web::Path<(String, String)>, body: Body) -> Result<HttpResponse, ApiError> {
+pub async fn patch(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: Body,
+) -> Result<HttpResponse, ApiError> {
     let (ty, id) = path.into_inner();
     // Read the current version through the gate (audited as part of this request).
     let current = caller
@@ -151,31 +260,60 @@ pub async fn patch(state: web::Data<AppState>, caller: Caller, req: HttpRequest,
             let kind = kind(&ty)?;
             caller.require(kind.name, Interaction::Update)?;
             if body.kind != BodyKind::JsonPatch {
-                return Err(ApiError::UnsupportedMediaType("PATCH takes application/json-patch+json".into()));
+                return Err(ApiError::UnsupportedMediaType(
+                    "PATCH takes application/json-patch+json".into(),
+                ));
             }
             let gate = caller.gate.clone();
             let (t, i) = (kind.name.to_string(), id.clone());
-            Ok(state.store.with_conn(move |c| resources::read(c, &gate, &t, &i)).await?)
+            Ok(state
+                .store
+                .with_conn(move |c| resources::read(c, &gate, &t, &i))
+                .await?)
         })
         .await?;
     let op = (|| {
         let kind = kind(&ty)?;
-        let ops: json_patch::Patch = serde_json::from_slice(&body.bytes).map_err(|e| ApiError::BadRequest(format!("the body is not a JSON Patch document: {e}")))?;
+        let ops: json_patch::Patch = serde_json::from_slice(&body.bytes).map_err(|e| {
+            ApiError::BadRequest(format!("the body is not a JSON Patch document: {e}"))
+        })?;
         let mut doc = respond::parse(&current);
-        json_patch::patch(&mut doc, &ops).map_err(|e| ApiError::Unprocessable(vec![validate::Issue::error("processing", None, format!("the patch cannot be applied: {e}"))]))?;
-        if doc.get("id").and_then(Value::as_str) != Some(id.as_str()) || doc.get("resourceType").and_then(Value::as_str) != Some(kind.name) {
-            return Err(ApiError::Unprocessable(vec![validate::Issue::error("processing", None, "a patch may not change the resource's id or type")]));
+        json_patch::patch(&mut doc, &ops).map_err(|e| {
+            ApiError::Unprocessable(vec![validate::Issue::error(
+                "processing",
+                None,
+                format!("the patch cannot be applied: {e}"),
+            )])
+        })?;
+        if doc.get("id").and_then(Value::as_str) != Some(id.as_str())
+            || doc.get("resourceType").and_then(Value::as_str) != Some(kind.name)
+        {
+            return Err(ApiError::Unprocessable(vec![validate::Issue::error(
+                "processing",
+                None,
+                "a patch may not change the resource's id or type",
+            )]));
         }
         let put = prepare_put(&state, kind, doc, "PATCH", Some(&id))?;
         // Without If-Match, guard against a lost update anyway: patch what was read.
         let expected = if_match(&req)?.unwrap_or(current.version_id);
-        Ok(WriteOp::Update { id: id.clone(), put, if_match: Some(expected), upsert: false })
+        Ok(WriteOp::Update {
+            id: id.clone(),
+            put,
+            if_match: Some(expected),
+            upsert: false,
+        })
     })();
     let w = write_audited(&state, &caller, "patch", &ty, op).await?;
     Ok(write_response(&state, &req, &w))
 }
 
-pub async fn read(state: web::Data<AppState>, caller: Caller, req: HttpRequest, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn read(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (ty, id) = path.into_inner();
     let stored = caller
         .audited(&state, "read", Some(&ty), async {
@@ -183,33 +321,68 @@ pub async fn read(state: web::Data<AppState>, caller: Caller, req: HttpRequest, 
             caller.require(kind.name, Interaction::Read)?;
             let gate = caller.gate.clone();
             let (t, i) = (kind.name.to_string(), id.clone());
-            Ok(state.store.with_conn(move |c| resources::read(c, &gate, &t, &i)).await?)
+            Ok(state
+                .store
+                .with_conn(move |c| resources::read(c, &gate, &t, &i))
+                .await?)
         })
         .await?;
-    if let Some(inm) = req.headers().get(header::IF_NONE_MATCH).and_then(|h| h.to_str().ok()) {
+    if let Some(inm) = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|h| h.to_str().ok())
+    {
         if crate::extract::parse_etag(inm).ok() == Some(stored.version_id) {
-            return Ok(HttpResponse::NotModified().insert_header((header::ETAG, respond::etag(stored.version_id))).finish());
+            return Ok(HttpResponse::NotModified()
+                .insert_header((header::ETAG, respond::etag(stored.version_id)))
+                .finish());
         }
     }
-    Ok(respond::resource(&stored, StatusCode::OK, &state.base_url, false, Return::Representation))
+    Ok(respond::resource(
+        &stored,
+        StatusCode::OK,
+        &state.base_url,
+        false,
+        Return::Representation,
+    ))
 }
 
-pub async fn vread(state: web::Data<AppState>, caller: Caller, path: web::Path<(String, String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn vread(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (ty, id, vid) = path.into_inner();
     let stored = caller
         .audited(&state, "vread", Some(&ty), async {
             let kind = kind(&ty)?;
             caller.require(kind.name, Interaction::Read)?;
-            let v: i64 = vid.parse().map_err(|_| ApiError::NotFound(format!("version '{vid}' does not exist")))?;
+            let v: i64 = vid
+                .parse()
+                .map_err(|_| ApiError::NotFound(format!("version '{vid}' does not exist")))?;
             let gate = caller.gate.clone();
             let (t, i) = (kind.name.to_string(), id.clone());
-            Ok(state.store.with_conn(move |c| resources::vread(c, &gate, &t, &i, v)).await?)
+            Ok(state
+                .store
+                .with_conn(move |c| resources::vread(c, &gate, &t, &i, v))
+                .await?)
         })
         .await?;
-    Ok(respond::resource(&stored, StatusCode::OK, &state.base_url, false, Return::Representation))
+    Ok(respond::resource(
+        &stored,
+        StatusCode::OK,
+        &state.base_url,
+        false,
+        Return::Representation,
+    ))
 }
 
-fn history_bundle(state: &AppState, entries: Vec<resources::HistoryEntry>, self_url: String, next: Option<String>) -> Value {
+fn history_bundle(
+    state: &AppState,
+    entries: Vec<resources::HistoryEntry>,
+    self_url: String,
+    next: Option<String>,
+) -> Value {
     let base = &state.base_url;
     let items = entries
         .into_iter()
@@ -239,21 +412,44 @@ fn history_bundle(state: &AppState, entries: Vec<resources::HistoryEntry>, self_
     bundle("history", None, links, items)
 }
 
-fn history_params(state: &AppState, query: &str) -> Result<(Option<i64>, usize, Option<i64>), ApiError> {
+fn history_params(
+    state: &AppState,
+    query: &str,
+) -> Result<(Option<i64>, usize, Option<i64>), ApiError> {
     let mut since = None;
     let mut count = epaccs_fhir::query::DEFAULT_COUNT;
     let mut cursor = None;
     for (k, v) in query_pairs(query) {
         match k.as_str() {
             "_since" => {
-                since = Some(epaccs_fhir::date::parse_range(&v).ok_or_else(|| ApiError::BadRequest(format!("_since '{v}' is not a FHIR instant")))?.low)
+                since = Some(
+                    epaccs_fhir::date::parse_range(&v)
+                        .ok_or_else(|| {
+                            ApiError::BadRequest(format!("_since '{v}' is not a FHIR instant"))
+                        })?
+                        .low,
+                )
             }
-            "_count" => count = v.parse::<usize>().map_err(|_| ApiError::BadRequest(format!("_count '{v}' is not a whole number")))?.min(epaccs_fhir::query::MAX_COUNT),
-            "_cursor" => cursor = Some(v.parse::<i64>().map_err(|_| ApiError::BadRequest("the paging cursor is not valid".into()))?),
+            "_count" => {
+                count = v
+                    .parse::<usize>()
+                    .map_err(|_| {
+                        ApiError::BadRequest(format!("_count '{v}' is not a whole number"))
+                    })?
+                    .min(epaccs_fhir::query::MAX_COUNT)
+            }
+            "_cursor" => {
+                cursor =
+                    Some(v.parse::<i64>().map_err(|_| {
+                        ApiError::BadRequest("the paging cursor is not valid".into())
+                    })?)
+            }
             "_format" | "_pretty" => {}
             other => {
                 let _ = state;
-                return Err(ApiError::BadRequest(format!("'{other}' is not a history parameter (use _since, _count)")));
+                return Err(ApiError::BadRequest(format!(
+                    "'{other}' is not a history parameter (use _since, _count)"
+                )));
             }
         }
     }
@@ -261,13 +457,23 @@ fn history_params(state: &AppState, query: &str) -> Result<(Option<i64>, usize, 
 }
 
 fn next_link(base_path: &str, query: &str, cursor: &str) -> String {
-    let mut pairs: Vec<(String, String)> = query_pairs(query).into_iter().filter(|(k, _)| k != "_cursor").collect();
+    let mut pairs: Vec<(String, String)> = query_pairs(query)
+        .into_iter()
+        .filter(|(k, _)| k != "_cursor")
+        .collect();
     pairs.push(("_cursor".into(), cursor.to_string()));
-    let q: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+    let q: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
     format!("{base_path}?{q}")
 }
 
-pub async fn history_instance(state: web::Data<AppState>, caller: Caller, req: HttpRequest, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn history_instance(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (ty, id) = path.into_inner();
     let b = caller
         .audited(&state, "history-instance", Some(&ty), async {
@@ -276,16 +482,35 @@ pub async fn history_instance(state: web::Data<AppState>, caller: Caller, req: H
             let (since, count, cursor) = history_params(&state, req.query_string())?;
             let gate = caller.gate.clone();
             let (t, i) = (kind.name.to_string(), id.clone());
-            let (entries, next) = state.store.with_conn(move |c| resources::history(c, &gate, &t, Some(&i), since, count, cursor)).await?;
+            let (entries, next) = state
+                .store
+                .with_conn(move |c| {
+                    resources::history(c, &gate, &t, Some(&i), since, count, cursor)
+                })
+                .await?;
             let base_path = format!("{}/{}/{}/_history", state.base_url, ty, id);
-            let self_url = if req.query_string().is_empty() { base_path.clone() } else { format!("{base_path}?{}", req.query_string()) };
-            Ok(history_bundle(&state, entries, self_url, next.map(|n| next_link(&base_path, req.query_string(), &n.to_string()))))
+            let self_url = if req.query_string().is_empty() {
+                base_path.clone()
+            } else {
+                format!("{base_path}?{}", req.query_string())
+            };
+            Ok(history_bundle(
+                &state,
+                entries,
+                self_url,
+                next.map(|n| next_link(&base_path, req.query_string(), &n.to_string())),
+            ))
         })
         .await?;
     Ok(respond::json(StatusCode::OK, &b))
 }
 
-pub async fn history_type(state: web::Data<AppState>, caller: Caller, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn history_type(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let ty = path.into_inner();
     let b = caller
         .audited(&state, "history-type", Some(&ty), async {
@@ -294,17 +519,35 @@ pub async fn history_type(state: web::Data<AppState>, caller: Caller, req: HttpR
             let (since, count, cursor) = history_params(&state, req.query_string())?;
             let gate = caller.gate.clone();
             let t = kind.name.to_string();
-            let (entries, next) = state.store.with_conn(move |c| resources::history(c, &gate, &t, None, since, count, cursor)).await?;
+            let (entries, next) = state
+                .store
+                .with_conn(move |c| resources::history(c, &gate, &t, None, since, count, cursor))
+                .await?;
             let base_path = format!("{}/{}/_history", state.base_url, ty);
-            let self_url = if req.query_string().is_empty() { base_path.clone() } else { format!("{base_path}?{}", req.query_string()) };
-            Ok(history_bundle(&state, entries, self_url, next.map(|n| next_link(&base_path, req.query_string(), &n.to_string()))))
+            let self_url = if req.query_string().is_empty() {
+                base_path.clone()
+            } else {
+                format!("{base_path}?{}", req.query_string())
+            };
+            Ok(history_bundle(
+                &state,
+                entries,
+                self_url,
+                next.map(|n| next_link(&base_path, req.query_string(), &n.to_string())),
+            ))
         })
         .await?;
     Ok(respond::json(StatusCode::OK, &b))
 }
 
 /// Runs a search for `ty` with the given parameters and builds the searchset Bundle.
-pub async fn run_search(state: &AppState, caller: &Caller, req: &HttpRequest, ty: &str, pairs: Vec<(String, String)>) -> Result<Value, ApiError> {
+pub async fn run_search(
+    state: &AppState,
+    caller: &Caller,
+    req: &HttpRequest,
+    ty: &str,
+    pairs: Vec<(String, String)>,
+) -> Result<Value, ApiError> {
     let kind = kind(ty)?;
     caller.require(kind.name, Interaction::Search)?;
     let strict = prefer(req).strict;
@@ -312,16 +555,28 @@ pub async fn run_search(state: &AppState, caller: &Caller, req: &HttpRequest, ty
     let gate = caller.gate.clone();
     let t = kind.name.to_string();
     let q2 = q.clone();
-    let page = state.store.with_conn(move |c| search::search(c, &gate, &t, &q2)).await?;
+    let page = state
+        .store
+        .with_conn(move |c| search::search(c, &gate, &t, &q2))
+        .await?;
     Ok(searchset(state, caller, ty, &pairs, &q, page))
 }
 
-fn searchset(state: &AppState, caller: &Caller, ty: &str, pairs: &[(String, String)], q: &Query, page: search::SearchPage) -> Value {
+fn searchset(
+    state: &AppState,
+    caller: &Caller,
+    ty: &str,
+    pairs: &[(String, String)],
+    q: &Query,
+    page: search::SearchPage,
+) -> Value {
     let base = &state.base_url;
-    let to_entry = |s: &Stored, mode: &str| {
-        json!({"fullUrl": full_url(base, s), "resource": respond::subset(respond::parse(s), q.summary, &q.elements), "search": {"mode": mode}})
+    let to_entry = |s: &Stored, mode: &str| json!({"fullUrl": full_url(base, s), "resource": respond::subset(respond::parse(s), q.summary, &q.elements), "search": {"mode": mode}});
+    let mut entries: Vec<Value> = if q.summary == Summary::Count {
+        vec![]
+    } else {
+        page.matches.iter().map(|s| to_entry(s, "match")).collect()
     };
-    let mut entries: Vec<Value> = if q.summary == Summary::Count { vec![] } else { page.matches.iter().map(|s| to_entry(s, "match")).collect() };
     if q.summary != Summary::Count {
         entries.extend(page.includes.iter().map(|s| to_entry(s, "include")));
     }
@@ -336,8 +591,14 @@ fn searchset(state: &AppState, caller: &Caller, ty: &str, pairs: &[(String, Stri
     if !notes.is_empty() {
         entries.push(json!({"resource": {"resourceType": "OperationOutcome", "id": uuid::Uuid::new_v4().to_string(), "issue": notes}, "search": {"mode": "outcome"}}));
     }
-    let clean: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k != "_cursor").cloned().collect();
-    let qs: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(clean.iter().cloned()).finish();
+    let clean: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k != "_cursor")
+        .cloned()
+        .collect();
+    let qs: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(clean.iter().cloned())
+        .finish();
     let base_path = format!("{base}/{ty}");
     let self_url = match pairs.iter().find(|(k, _)| k == "_cursor") {
         Some((_, c)) => next_link(&base_path, &qs, c),
@@ -351,27 +612,66 @@ fn searchset(state: &AppState, caller: &Caller, ty: &str, pairs: &[(String, Stri
     bundle("searchset", page.total, links, entries)
 }
 
-pub async fn search_get(state: web::Data<AppState>, caller: Caller, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn search_get(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let ty = path.into_inner();
     let pairs = query_pairs(req.query_string());
-    let b = caller.audited(&state, "search-type", Some(&ty), run_search(&state, &caller, &req, &ty, pairs)).await?;
+    let b = caller
+        .audited(
+            &state,
+            "search-type",
+            Some(&ty),
+            run_search(&state, &caller, &req, &ty, pairs),
+        )
+        .await?;
     Ok(respond::json(StatusCode::OK, &b))
 }
 
-pub async fn search_post(state: web::Data<AppState>, caller: Caller, req: HttpRequest, path: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn search_post(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let ty = path.into_inner();
-    let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let ctype = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
     if !ctype.starts_with("application/x-www-form-urlencoded") && !body.is_empty() {
-        return Err(ApiError::UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded".into()));
+        return Err(ApiError::UnsupportedMediaType(
+            "POST _search takes application/x-www-form-urlencoded".into(),
+        ));
     }
     let mut pairs = query_pairs(req.query_string());
-    pairs.extend(query_pairs(std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("the form is not UTF-8".into()))?));
-    let b = caller.audited(&state, "search-type", Some(&ty), run_search(&state, &caller, &req, &ty, pairs)).await?;
+    pairs
+        .extend(query_pairs(std::str::from_utf8(&body).map_err(|_| {
+            ApiError::BadRequest("the form is not UTF-8".into())
+        })?));
+    let b = caller
+        .audited(
+            &state,
+            "search-type",
+            Some(&ty),
+            run_search(&state, &caller, &req, &ty, pairs),
+        )
+        .await?;
     Ok(respond::json(StatusCode::OK, &b))
 }
 
 /// `[type]/$validate` and `[type]/[id]/$validate`: report, never store.
-pub async fn validate_op(state: web::Data<AppState>, caller: Caller, path: web::Path<String>, body: Body) -> Result<HttpResponse, ApiError> {
+pub async fn validate_op(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: Body,
+) -> Result<HttpResponse, ApiError> {
     let ty = path.into_inner();
     let kind = kind(&ty)?;
     let mut v = fhir_body(&body)?;
@@ -380,19 +680,34 @@ pub async fn validate_op(state: web::Data<AppState>, caller: Caller, path: web::
         v = v
             .get("parameter")
             .and_then(Value::as_array)
-            .and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str) == Some("resource")))
+            .and_then(|ps| {
+                ps.iter()
+                    .find(|p| p.get("name").and_then(Value::as_str) == Some("resource"))
+            })
             .and_then(|p| p.get("resource").cloned())
-            .ok_or_else(|| ApiError::BadRequest("Parameters must carry a 'resource' parameter".into()))?;
+            .ok_or_else(|| {
+                ApiError::BadRequest("Parameters must carry a 'resource' parameter".into())
+            })?;
     }
     let _ = &caller;
     let outcome = match prepare_put(&state, kind, v, "POST", None) {
-        Ok(put) if put.link == PatientLink::Missing => ApiError::Unprocessable(vec![validate::Issue::error(
-            "required",
-            Some(format!("{}.{}", kind.name, kind.patient_elements.first().copied().unwrap_or("subject"))),
-            format!("a {} must reference the Patient it is about", kind.name),
-        )])
-        .outcome(),
-        Ok(_) => outcome_info(IssueSeverity::Information, "informational", "the resource is valid"),
+        Ok(put) if put.link == PatientLink::Missing => {
+            ApiError::Unprocessable(vec![validate::Issue::error(
+                "required",
+                Some(format!(
+                    "{}.{}",
+                    kind.name,
+                    kind.patient_elements.first().copied().unwrap_or("subject")
+                )),
+                format!("a {} must reference the Patient it is about", kind.name),
+            )])
+            .outcome()
+        }
+        Ok(_) => outcome_info(
+            IssueSeverity::Information,
+            "informational",
+            "the resource is valid",
+        ),
         Err(e @ (ApiError::Unprocessable(_) | ApiError::BadRequest(_))) => e.outcome(),
         Err(e) => return Err(e),
     };

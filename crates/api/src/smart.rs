@@ -37,13 +37,24 @@ pub async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
             .insert_header(("Pragma", "no-cache"))
             .json(json!({"error": code, "error_description": desc}))
     };
-    let ctype = req.headers().get("content-type").and_then(|h| h.to_str().ok()).unwrap_or("");
+    let ctype = req
+        .headers()
+        .get("content-type")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
     if !ctype.starts_with("application/x-www-form-urlencoded") {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "the token request must be application/x-www-form-urlencoded");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the token request must be application/x-www-form-urlencoded",
+        );
     }
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     match state.tokens.issue(&form).await {
-        Ok(t) => HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).insert_header(("Pragma", "no-cache")).json(t),
+        Ok(t) => HttpResponse::Ok()
+            .insert_header(("Cache-Control", "no-store"))
+            .insert_header(("Pragma", "no-cache"))
+            .json(t),
         Err(e) => {
             let status = match e.code() {
                 "invalid_client" => StatusCode::UNAUTHORIZED,

@@ -16,7 +16,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 4 * 1024 * 1024, max_bundle_entries: 1000 }
+        Limits {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_bundle_entries: 1000,
+        }
     }
 }
 

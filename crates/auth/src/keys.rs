@@ -20,7 +20,10 @@ fn err(e: impl std::fmt::Display) -> KeyError {
 /// A fresh P-256 key for the server's access tokens: (kid, PKCS#8 PEM).
 pub fn generate_server_key() -> Result<(String, String), KeyError> {
     let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
-    let pem = secret.to_pkcs8_pem(LineEnding::LF).map_err(err)?.to_string();
+    let pem = secret
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(err)?
+        .to_string();
     let kid = format!("epaccs-{}", &hex(&Sha256::digest(pem.as_bytes()))[..16]);
     Ok((kid, pem))
 }
@@ -28,15 +31,23 @@ pub fn generate_server_key() -> Result<(String, String), KeyError> {
 /// The public PEM of the server's P-256 private key.
 pub fn server_public_pem(private_pem: &str) -> Result<String, KeyError> {
     let secret = p256::SecretKey::from_pkcs8_pem(private_pem).map_err(err)?;
-    secret.public_key().to_public_key_pem(LineEnding::LF).map_err(err)
+    secret
+        .public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(err)
 }
 
 /// The server's public key as a JWK (for the published JWKS).
 pub fn server_jwk(private_pem: &str, kid: &str) -> Result<Value, KeyError> {
     let secret = p256::SecretKey::from_pkcs8_pem(private_pem).map_err(err)?;
     let point = p256::EncodedPoint::from(secret.public_key());
-    let (x, y) = (point.x().ok_or_else(|| err("no x"))?, point.y().ok_or_else(|| err("no y"))?);
-    Ok(json!({"kty": "EC", "crv": "P-256", "x": B64.encode(x), "y": B64.encode(y), "kid": kid, "alg": "ES256", "use": "sig"}))
+    let (x, y) = (
+        point.x().ok_or_else(|| err("no x"))?,
+        point.y().ok_or_else(|| err("no y"))?,
+    );
+    Ok(
+        json!({"kty": "EC", "crv": "P-256", "x": B64.encode(x), "y": B64.encode(y), "kid": kid, "alg": "ES256", "use": "sig"}),
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -57,7 +68,9 @@ impl ClientAlg {
             "RS384" => Ok(ClientAlg::Rs384),
             "RS512" => Ok(ClientAlg::Rs512),
             "ES384" => Ok(ClientAlg::Es384),
-            other => Err(KeyError(format!("unsupported algorithm {other}; use RS384, RS512 or ES384"))),
+            other => Err(KeyError(format!(
+                "unsupported algorithm {other}; use RS384, RS512 or ES384"
+            ))),
         }
     }
 
@@ -98,7 +111,10 @@ pub fn public_jwk(private_pem: &str, alg: ClientAlg) -> Result<Value, KeyError> 
         ClientAlg::Es384 => {
             let k = p384::SecretKey::from_pkcs8_pem(private_pem).map_err(err)?;
             let point = p384::EncodedPoint::from(k.public_key());
-            let (x, y) = (point.x().ok_or_else(|| err("no x"))?, point.y().ok_or_else(|| err("no y"))?);
+            let (x, y) = (
+                point.x().ok_or_else(|| err("no x"))?,
+                point.y().ok_or_else(|| err("no y"))?,
+            );
             json!({"crv": "P-384", "kty": "EC", "x": B64.encode(x), "y": B64.encode(y)})
         }
         ClientAlg::Rs384 | ClientAlg::Rs512 => {
@@ -107,7 +123,9 @@ pub fn public_jwk(private_pem: &str, alg: ClientAlg) -> Result<Value, KeyError> 
         }
     };
     // Thumbprint: SHA-256 of the required members in lexicographic order, no spaces.
-    let thumb = B64.encode(Sha256::digest(serde_json::to_string(&jwk).map_err(err)?.as_bytes()));
+    let thumb = B64.encode(Sha256::digest(
+        serde_json::to_string(&jwk).map_err(err)?.as_bytes(),
+    ));
     jwk["kid"] = json!(thumb);
     jwk["alg"] = json!(alg.name());
     jwk["use"] = json!("sig");
@@ -116,7 +134,14 @@ pub fn public_jwk(private_pem: &str, alg: ClientAlg) -> Result<Value, KeyError> 
 
 /// Signs a client assertion for the token endpoint. `extra` is merged into the claims (e.g.
 /// `{"extensions": {"ihe_iua": {...}}}`).
-pub fn sign_assertion(private_pem: &str, alg: ClientAlg, kid: &str, client_id: &str, token_url: &str, extra: Option<&Value>) -> Result<String, KeyError> {
+pub fn sign_assertion(
+    private_pem: &str,
+    alg: ClientAlg,
+    kid: &str,
+    client_id: &str,
+    token_url: &str,
+    extra: Option<&Value>,
+) -> Result<String, KeyError> {
     let now = chrono::Utc::now().timestamp();
     let mut claims = json!({"iss": client_id, "sub": client_id, "aud": token_url, "exp": now + 240, "iat": now, "jti": uuid::Uuid::new_v4().to_string()});
     if let (Some(Value::Object(extra)), Some(map)) = (extra, claims.as_object_mut()) {

@@ -114,12 +114,18 @@ impl TokenService {
     /// endpoint is `{base_url}/auth/token`.
     pub async fn new(store: Store, base_url: &str) -> Result<TokenService, StoreError> {
         let key = store
-            .write(|c| clients::server_key(c, || keys::generate_server_key().map_err(|e| e.to_string())))
+            .write(|c| {
+                clients::server_key(c, || keys::generate_server_key().map_err(|e| e.to_string()))
+            })
             .await?;
-        let encoding = EncodingKey::from_ec_pem(key.private_pem.as_bytes()).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let public = keys::server_public_pem(&key.private_pem).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let decoding = DecodingKey::from_ec_pem(public.as_bytes()).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let jwk = keys::server_jwk(&key.private_pem, &key.kid).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let encoding = EncodingKey::from_ec_pem(key.private_pem.as_bytes())
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let public = keys::server_public_pem(&key.private_pem)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let decoding = DecodingKey::from_ec_pem(public.as_bytes())
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let jwk = keys::server_jwk(&key.private_pem, &key.kid)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
         let base = base_url.trim_end_matches('/').to_string();
         Ok(TokenService {
             store,
@@ -129,7 +135,10 @@ impl TokenService {
             encoding,
             decoding,
             jwk,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
             jwks_cache: Mutex::new(HashMap::new()),
             verified: RwLock::new(HashMap::new()),
             client_active: Mutex::new(HashMap::new()),
@@ -150,22 +159,46 @@ impl TokenService {
         let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
         match field("grant_type") {
             Some("client_credentials") => {}
-            Some(other) => return Err(OAuthError::UnsupportedGrantType(format!("grant_type {other} is not supported; use client_credentials"))),
+            Some(other) => {
+                return Err(OAuthError::UnsupportedGrantType(format!(
+                    "grant_type {other} is not supported; use client_credentials"
+                )))
+            }
             None => return Err(OAuthError::InvalidRequest("grant_type is required".into())),
         }
-        if field("client_assertion_type") != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer") {
+        if field("client_assertion_type")
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
             return Err(OAuthError::InvalidRequest("client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()));
         }
-        let assertion = field("client_assertion").ok_or_else(|| OAuthError::InvalidRequest("client_assertion is required".into()))?;
-        let requested = field("scope").ok_or_else(|| OAuthError::InvalidScope("scope is required".into()))?;
+        let assertion = field("client_assertion")
+            .ok_or_else(|| OAuthError::InvalidRequest("client_assertion is required".into()))?;
+        let requested =
+            field("scope").ok_or_else(|| OAuthError::InvalidScope("scope is required".into()))?;
 
-        let header = jsonwebtoken::decode_header(assertion).map_err(|e| OAuthError::InvalidClient(format!("the client assertion is not a valid JWT: {e}")))?;
-        if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384 | Algorithm::RS512) {
-            return Err(OAuthError::InvalidClient(format!("signing algorithm {:?} is not accepted; use RS384, ES384 or RS512", header.alg)));
+        let header = jsonwebtoken::decode_header(assertion).map_err(|e| {
+            OAuthError::InvalidClient(format!("the client assertion is not a valid JWT: {e}"))
+        })?;
+        if !matches!(
+            header.alg,
+            Algorithm::RS384 | Algorithm::ES384 | Algorithm::RS512
+        ) {
+            return Err(OAuthError::InvalidClient(format!(
+                "signing algorithm {:?} is not accepted; use RS384, ES384 or RS512",
+                header.alg
+            )));
         }
-        let kid = header.kid.clone().ok_or_else(|| OAuthError::InvalidClient("the client assertion header has no kid".into()))?;
-        let unverified = keys::unverified_claims(assertion).ok_or_else(|| OAuthError::InvalidClient("the client assertion payload is not JSON".into()))?;
-        let client_id = unverified.get("iss").and_then(Value::as_str).ok_or_else(|| OAuthError::InvalidClient("the client assertion has no iss".into()))?.to_string();
+        let kid = header.kid.clone().ok_or_else(|| {
+            OAuthError::InvalidClient("the client assertion header has no kid".into())
+        })?;
+        let unverified = keys::unverified_claims(assertion).ok_or_else(|| {
+            OAuthError::InvalidClient("the client assertion payload is not JSON".into())
+        })?;
+        let client_id = unverified
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or_else(|| OAuthError::InvalidClient("the client assertion has no iss".into()))?
+            .to_string();
         let cid = client_id.clone();
         let client = self
             .store
@@ -174,11 +207,17 @@ impl TokenService {
             .map_err(unavailable)?
             .ok_or_else(|| OAuthError::InvalidClient(format!("unknown client {client_id}")))?;
         if client.revoked {
-            return Err(OAuthError::InvalidClient(format!("client {client_id} is revoked")));
+            return Err(OAuthError::InvalidClient(format!(
+                "client {client_id} is revoked"
+            )));
         }
         let jwk = self.find_key(&client, &kid).await?;
-        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk).map_err(|e| OAuthError::InvalidClient(format!("the registered key {kid} is not a usable JWK: {e}")))?;
-        let key = DecodingKey::from_jwk(&jwk).map_err(|e| OAuthError::InvalidClient(format!("the registered key {kid} is not usable: {e}")))?;
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk).map_err(|e| {
+            OAuthError::InvalidClient(format!("the registered key {kid} is not a usable JWK: {e}"))
+        })?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(|e| {
+            OAuthError::InvalidClient(format!("the registered key {kid} is not usable: {e}"))
+        })?;
         let mut v = Validation::new(header.alg);
         v.set_audience(&[self.token_url.as_str()]);
         v.set_issuer(&[client_id.as_str()]);
@@ -187,27 +226,46 @@ impl TokenService {
         v.leeway = LEEWAY;
         let claims = jsonwebtoken::decode::<Value>(assertion, &key, &v)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => OAuthError::InvalidGrant(format!("the client assertion is outside its validity period: {e}")),
+                ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => {
+                    OAuthError::InvalidGrant(format!(
+                        "the client assertion is outside its validity period: {e}"
+                    ))
+                }
                 _ => OAuthError::InvalidClient(format!("the client assertion was refused: {e}")),
             })?
             .claims;
         let now = chrono::Utc::now().timestamp();
         let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
         if exp > now + MAX_ASSERTION_LIFETIME + LEEWAY as i64 {
-            return Err(OAuthError::InvalidGrant("the client assertion's exp is more than five minutes ahead".into()));
+            return Err(OAuthError::InvalidGrant(
+                "the client assertion's exp is more than five minutes ahead".into(),
+            ));
         }
-        let jti = claims.get("jti").and_then(Value::as_str).filter(|j| !j.is_empty()).ok_or_else(|| OAuthError::InvalidClient("the client assertion has no jti".into()))?.to_string();
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .filter(|j| !j.is_empty())
+            .ok_or_else(|| OAuthError::InvalidClient("the client assertion has no jti".into()))?
+            .to_string();
         let principal_context = iua_context(&claims, &client)?;
 
-        let registered = Scopes::parse_strict(&client.scopes).map_err(|e| OAuthError::InvalidClient(format!("the client's registered scopes are invalid: {e}")))?;
-        let asked: Vec<&str> = requested.split_whitespace().filter(|s| Scopes::parse_strict(s).is_ok()).collect();
+        let registered = Scopes::parse_strict(&client.scopes).map_err(|e| {
+            OAuthError::InvalidClient(format!("the client's registered scopes are invalid: {e}"))
+        })?;
+        let asked: Vec<&str> = requested
+            .split_whitespace()
+            .filter(|s| Scopes::parse_strict(s).is_ok())
+            .collect();
         if asked.is_empty() {
             return Err(OAuthError::InvalidScope("no supported scope requested; ask for system/<Type>.<read|write|*> or system/<Type>.<cruds>".into()));
         }
-        let asked = Scopes::parse_strict(&asked.join(" ")).map_err(|e| OAuthError::InvalidScope(e.to_string()))?;
+        let asked = Scopes::parse_strict(&asked.join(" "))
+            .map_err(|e| OAuthError::InvalidScope(e.to_string()))?;
         let granted = registered.narrow(&asked);
         if granted.is_empty() {
-            return Err(OAuthError::InvalidScope("none of the requested scopes is registered for this client".into()));
+            return Err(OAuthError::InvalidScope(
+                "none of the requested scopes is registered for this client".into(),
+            ));
         }
 
         let (cid, j) = (client_id.clone(), jti);
@@ -217,7 +275,9 @@ impl TokenService {
             .await
             .map_err(unavailable)?;
         if !fresh {
-            return Err(OAuthError::InvalidGrant("this client assertion's jti was used before (replay)".into()));
+            return Err(OAuthError::InvalidGrant(
+                "this client assertion's jti was used before (replay)".into(),
+            ));
         }
 
         let scope = granted.to_scope_string();
@@ -237,20 +297,41 @@ impl TokenService {
         };
         let mut h = Header::new(Algorithm::ES256);
         h.kid = Some(self.kid.clone());
-        let token = jsonwebtoken::encode(&h, &access, &self.encoding).map_err(|e| OAuthError::Unavailable(e.to_string()))?;
-        Ok(TokenResponse { access_token: token, token_type: "bearer", expires_in: ACCESS_TOKEN_LIFETIME, scope })
+        let token = jsonwebtoken::encode(&h, &access, &self.encoding)
+            .map_err(|e| OAuthError::Unavailable(e.to_string()))?;
+        Ok(TokenResponse {
+            access_token: token,
+            token_type: "bearer",
+            expires_in: ACCESS_TOKEN_LIFETIME,
+            scope,
+        })
     }
 
     async fn find_key(&self, client: &clients::Client, kid: &str) -> Result<Value, OAuthError> {
         let pick = |set: &Value| -> Option<Value> {
-            set.get("keys")?.as_array()?.iter().find(|k| k.get("kid").and_then(Value::as_str) == Some(kid)).cloned()
+            set.get("keys")?
+                .as_array()?
+                .iter()
+                .find(|k| k.get("kid").and_then(Value::as_str) == Some(kid))
+                .cloned()
         };
         if let Some(inline) = &client.jwks {
-            let set: Value = serde_json::from_str(inline).map_err(|e| OAuthError::InvalidClient(format!("the registered JWKS is not JSON: {e}")))?;
-            return pick(&set).ok_or_else(|| OAuthError::InvalidClient(format!("no registered key has kid {kid}")));
+            let set: Value = serde_json::from_str(inline).map_err(|e| {
+                OAuthError::InvalidClient(format!("the registered JWKS is not JSON: {e}"))
+            })?;
+            return pick(&set).ok_or_else(|| {
+                OAuthError::InvalidClient(format!("no registered key has kid {kid}"))
+            });
         }
-        let url = client.jwks_url.clone().ok_or_else(|| OAuthError::InvalidClient("the client has no registered keys".into()))?;
-        let cached = self.jwks_cache.lock().ok().and_then(|c| c.get(&url).cloned());
+        let url = client
+            .jwks_url
+            .clone()
+            .ok_or_else(|| OAuthError::InvalidClient("the client has no registered keys".into()))?;
+        let cached = self
+            .jwks_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&url).cloned());
         if let Some((at, set)) = &cached {
             if let Some(k) = pick(set) {
                 if at.elapsed() < JWKS_TTL {
@@ -258,7 +339,9 @@ impl TokenService {
                 }
             } else if at.elapsed() < Duration::from_secs(10) {
                 // Fetched moments ago: do not hammer the client's server for an unknown kid.
-                return Err(OAuthError::InvalidClient(format!("no registered key has kid {kid}")));
+                return Err(OAuthError::InvalidClient(format!(
+                    "no registered key has kid {kid}"
+                )));
             }
         }
         let set: Value = self
@@ -267,10 +350,14 @@ impl TokenService {
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| OAuthError::InvalidClient(format!("could not fetch the client's JWKS: {e}")))?
+            .map_err(|e| {
+                OAuthError::InvalidClient(format!("could not fetch the client's JWKS: {e}"))
+            })?
             .json()
             .await
-            .map_err(|e| OAuthError::InvalidClient(format!("the client's JWKS is not JSON: {e}")))?;
+            .map_err(|e| {
+                OAuthError::InvalidClient(format!("the client's JWKS is not JSON: {e}"))
+            })?;
         let found = pick(&set);
         if let Ok(mut c) = self.jwks_cache.lock() {
             c.insert(url, (Instant::now(), set));
@@ -281,7 +368,11 @@ impl TokenService {
     /// Verifies a bearer access token and returns the caller.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let now = chrono::Utc::now().timestamp();
-        let cached = self.verified.read().ok().and_then(|m| m.get(token).map(|c| (c.principal.clone(), c.exp)));
+        let cached = self
+            .verified
+            .read()
+            .ok()
+            .and_then(|m| m.get(token).map(|c| (c.principal.clone(), c.exp)));
         let principal = match cached {
             Some((p, exp)) => {
                 if exp + LEEWAY as i64 <= now {
@@ -295,7 +386,13 @@ impl TokenService {
                     if m.len() > 50_000 {
                         m.retain(|_, c| c.exp > now);
                     }
-                    m.insert(token.to_string(), CachedToken { principal: p.clone(), exp });
+                    m.insert(
+                        token.to_string(),
+                        CachedToken {
+                            principal: p.clone(),
+                            exp,
+                        },
+                    );
                 }
                 p
             }
@@ -305,12 +402,17 @@ impl TokenService {
     }
 
     fn verify_uncached(&self, token: &str) -> Result<(Principal, i64), AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(format!("not a valid JWT: {e}")))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("not a valid JWT: {e}")))?;
         if header.alg != Algorithm::ES256 {
-            return Err(AuthError::Invalid("the access token is not signed by this server".into()));
+            return Err(AuthError::Invalid(
+                "the access token is not signed by this server".into(),
+            ));
         }
         if header.kid.as_deref() != Some(self.kid.as_str()) {
-            return Err(AuthError::Invalid("the access token's key is unknown".into()));
+            return Err(AuthError::Invalid(
+                "the access token's key is unknown".into(),
+            ));
         }
         let mut v = Validation::new(Algorithm::ES256);
         v.set_audience(&[self.issuer.as_str()]);
@@ -323,9 +425,14 @@ impl TokenService {
             .claims;
         let org = OdsCode::parse(&c.org).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let role: Role = c.role.parse().map_err(AuthError::Invalid)?;
-        let scopes = Scopes::parse_strict(&c.scope).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let scopes =
+            Scopes::parse_strict(&c.scope).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let iua = c.extensions.as_ref().and_then(|e| e.get("ihe_iua"));
-        let text = |k: &str| iua.and_then(|i| i.get(k)).and_then(Value::as_str).map(str::to_string);
+        let text = |k: &str| {
+            iua.and_then(|i| i.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
         let purpose = iua
             .and_then(|i| i.get("purpose_of_use"))
             .and_then(|p| p.get("code"))
@@ -352,12 +459,20 @@ impl TokenService {
     }
 
     async fn check_client_active(&self, client_id: &str) -> Result<(), AuthError> {
-        let known = self.client_active.lock().ok().and_then(|m| m.get(client_id).copied());
+        let known = self
+            .client_active
+            .lock()
+            .ok()
+            .and_then(|m| m.get(client_id).copied());
         let active = match known {
             Some((at, active)) if at.elapsed() < CLIENT_RECHECK => active,
             _ => {
                 let id = client_id.to_string();
-                let client = self.store.with_conn(move |c| clients::get(c, &id)).await.map_err(|e| AuthError::Unavailable(e.to_string()))?;
+                let client = self
+                    .store
+                    .with_conn(move |c| clients::get(c, &id))
+                    .await
+                    .map_err(|e| AuthError::Unavailable(e.to_string()))?;
                 let active = client.is_some_and(|c| !c.revoked);
                 if let Ok(mut m) = self.client_active.lock() {
                     m.insert(client_id.to_string(), (Instant::now(), active));
@@ -375,28 +490,51 @@ impl TokenService {
 
 /// Checks the IHE IUA claims of an assertion and returns what goes into the access token.
 fn iua_context(claims: &Value, client: &clients::Client) -> Result<Option<Value>, OAuthError> {
-    let Some(iua) = claims.get("extensions").and_then(|e| e.get("ihe_iua")) else { return Ok(None) };
+    let Some(iua) = claims.get("extensions").and_then(|e| e.get("ihe_iua")) else {
+        return Ok(None);
+    };
     if !iua.is_object() {
-        return Err(OAuthError::InvalidRequest("extensions.ihe_iua must be an object".into()));
+        return Err(OAuthError::InvalidRequest(
+            "extensions.ihe_iua must be an object".into(),
+        ));
     }
     if let Some(org) = iua.get("subject_organization_id").and_then(Value::as_str) {
-        let org = OdsCode::parse(org).map_err(|e| OAuthError::InvalidRequest(format!("subject_organization_id: {e}")))?;
+        let org = OdsCode::parse(org)
+            .map_err(|e| OAuthError::InvalidRequest(format!("subject_organization_id: {e}")))?;
         if org.as_str() != client.org {
-            return Err(OAuthError::InvalidClient(format!("subject_organization_id {org} is not the client's registered organisation")));
+            return Err(OAuthError::InvalidClient(format!(
+                "subject_organization_id {org} is not the client's registered organisation"
+            )));
         }
     }
     if let Some(p) = iua.get("purpose_of_use") {
         let code = p.get("code").and_then(Value::as_str).unwrap_or_default();
-        let purpose = Purpose::from_code(code).ok_or_else(|| OAuthError::InvalidRequest(format!("purpose_of_use {code:?} is not TREAT, ETREAT or BTG")))?;
+        let purpose = Purpose::from_code(code).ok_or_else(|| {
+            OAuthError::InvalidRequest(format!(
+                "purpose_of_use {code:?} is not TREAT, ETREAT or BTG"
+            ))
+        })?;
         if purpose == Purpose::BreakGlass {
-            let reason = iua.get("break_glass_reason").and_then(Value::as_str).unwrap_or_default();
+            let reason = iua
+                .get("break_glass_reason")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if reason.trim().is_empty() {
-                return Err(OAuthError::InvalidRequest("purpose_of_use BTG needs a break_glass_reason".into()));
+                return Err(OAuthError::InvalidRequest(
+                    "purpose_of_use BTG needs a break_glass_reason".into(),
+                ));
             }
         }
     }
     let mut kept = serde_json::Map::new();
-    for k in ["subject_id", "subject_name", "subject_role", "subject_organization_id", "purpose_of_use", "break_glass_reason"] {
+    for k in [
+        "subject_id",
+        "subject_name",
+        "subject_role",
+        "subject_organization_id",
+        "purpose_of_use",
+        "break_glass_reason",
+    ] {
         if let Some(v) = iua.get(k) {
             kept.insert(k.to_string(), v.clone());
         }

@@ -64,7 +64,9 @@ impl fmt::Display for NhsNumber {
 }
 
 /// An Organisation Data Service code (e.g. a GP practice `A81001`), stored upper case.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct OdsCode(String);
 
@@ -139,7 +141,10 @@ mod tests {
 
     #[test]
     fn ods_codes() {
-        assert_eq!(OdsCode::parse("a81001").map(|o| o.to_string()), Ok("A81001".into()));
+        assert_eq!(
+            OdsCode::parse("a81001").map(|o| o.to_string()),
+            Ok("A81001".into())
+        );
         assert!(OdsCode::parse("A8").is_err());
         assert!(OdsCode::parse("A81 001").is_err());
     }

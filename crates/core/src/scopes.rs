@@ -64,10 +64,7 @@ impl Scopes {
             "read" => "rs".to_string(),
             "write" => "cud".to_string(),
             "*" => "cruds".to_string(),
-            p if !p.is_empty()
-                && p.chars().all(|c| "cruds".contains(c))
-                && is_in_order(p) =>
-            {
+            p if !p.is_empty() && p.chars().all(|c| "cruds".contains(c)) && is_in_order(p) => {
                 p.to_string()
             }
             _ => return Err(err()),
@@ -168,17 +165,29 @@ mod tests {
 
     #[test]
     fn bad_scopes_are_refused() {
-        for bad in ["patient/Patient.read", "system/Patient", "system/Patient.sr", "system/patient.read", "system/Patient.x"] {
+        for bad in [
+            "patient/Patient.read",
+            "system/Patient",
+            "system/Patient.sr",
+            "system/patient.read",
+            "system/Patient.x",
+        ] {
             assert!(Scopes::parse_strict(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn narrowing_never_widens() {
-        let registered = Scopes::parse_strict("system/Patient.rs system/Observation.read").expect("ok");
-        let asked = Scopes::parse_strict("system/Patient.cruds system/Patient.read system/Observation.rs").expect("ok");
+        let registered =
+            Scopes::parse_strict("system/Patient.rs system/Observation.read").expect("ok");
+        let asked =
+            Scopes::parse_strict("system/Patient.cruds system/Patient.read system/Observation.rs")
+                .expect("ok");
         let got = registered.narrow(&asked);
-        assert_eq!(got.to_scope_string(), "system/Patient.read system/Observation.rs");
+        assert_eq!(
+            got.to_scope_string(),
+            "system/Patient.read system/Observation.rs"
+        );
         assert!(!got.allows("Patient", Create));
     }
 }

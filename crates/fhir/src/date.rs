@@ -30,7 +30,10 @@ pub fn parse_range(s: &str) -> Option<Range> {
             let y: i32 = s.parse().ok()?;
             let a = NaiveDate::from_ymd_opt(y, 1, 1)?;
             let b = NaiveDate::from_ymd_opt(y + 1, 1, 1)?;
-            Some(Range { low: day_start(a), high: day_start(b) })
+            Some(Range {
+                low: day_start(a),
+                high: day_start(b),
+            })
         }
         7 => {
             let (y, m) = s.split_once('-')?;
@@ -41,12 +44,18 @@ pub fn parse_range(s: &str) -> Option<Range> {
             } else {
                 NaiveDate::from_ymd_opt(y, m + 1, 1)?
             };
-            Some(Range { low: day_start(a), high: day_start(b) })
+            Some(Range {
+                low: day_start(a),
+                high: day_start(b),
+            })
         }
         10 => {
             let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
             let next = d.succ_opt()?;
-            Some(Range { low: day_start(d), high: day_start(next) })
+            Some(Range {
+                low: day_start(d),
+                high: day_start(next),
+            })
         }
         _ => parse_instant_range(s),
     }
@@ -58,13 +67,19 @@ fn parse_instant_range(s: &str) -> Option<Range> {
         let utc = dt.with_timezone(&Utc);
         let has_fraction = s.contains('.');
         let step = if has_fraction { 1 } else { 1_000_000 };
-        return Some(Range { low: micros(utc), high: micros(utc) + step });
+        return Some(Range {
+            low: micros(utc),
+            high: micros(utc) + step,
+        });
     }
     // hh:mm with a zone, no seconds (allowed in search values).
     if let Some(with_secs) = insert_seconds(s) {
         if let Ok(dt) = DateTime::<FixedOffset>::parse_from_rfc3339(&with_secs) {
             let utc = dt.with_timezone(&Utc);
-            return Some(Range { low: micros(utc), high: micros(utc) + 60_000_000 });
+            return Some(Range {
+                low: micros(utc),
+                high: micros(utc) + 60_000_000,
+            });
         }
     }
     // No zone: taken as UTC.
@@ -75,8 +90,15 @@ fn parse_instant_range(s: &str) -> Option<Range> {
     ] {
         if let Ok(n) = NaiveDateTime::parse_from_str(s, fmt) {
             let low = micros(Utc.from_utc_datetime(&n));
-            let step = if fmt.ends_with("%.f") && !s.contains('.') { 1_000_000 } else { step };
-            return Some(Range { low, high: low + step });
+            let step = if fmt.ends_with("%.f") && !s.contains('.') {
+                1_000_000
+            } else {
+                step
+            };
+            return Some(Range {
+                low,
+                high: low + step,
+            });
         }
     }
     None

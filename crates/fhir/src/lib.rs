@@ -1,8 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 pub mod date;
-pub mod registry;
 pub mod query;
+pub mod registry;
 pub mod search;
 pub mod validate;
 

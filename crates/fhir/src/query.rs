@@ -73,17 +73,45 @@ pub struct QuantityValue {
 pub enum Filter {
     Id(Vec<String>),
     LastUpdated(Vec<DateValue>),
-    Token { param: String, values: Vec<TokenValue>, not: bool },
-    String { param: String, values: Vec<String>, mode: StringMode },
-    Date { param: String, values: Vec<DateValue> },
-    Reference { param: String, values: Vec<RefValue> },
+    Token {
+        param: String,
+        values: Vec<TokenValue>,
+        not: bool,
+    },
+    String {
+        param: String,
+        values: Vec<String>,
+        mode: StringMode,
+    },
+    Date {
+        param: String,
+        values: Vec<DateValue>,
+    },
+    Reference {
+        param: String,
+        values: Vec<RefValue>,
+    },
     /// `param:identifier=system|value` against the reference's logical identifier.
-    RefIdentifier { param: String, values: Vec<TokenValue> },
+    RefIdentifier {
+        param: String,
+        values: Vec<TokenValue>,
+    },
     /// `param.inner=...` or `param:Type.inner=...`: resources whose `param` references a
     /// `target_type` that matches `inner`.
-    Chain { param: String, target_type: String, inner: Box<Filter> },
-    Quantity { param: String, values: Vec<QuantityValue> },
-    Missing { param: String, kind: ParamType, missing: bool },
+    Chain {
+        param: String,
+        target_type: String,
+        inner: Box<Filter>,
+    },
+    Quantity {
+        param: String,
+        values: Vec<QuantityValue>,
+    },
+    Missing {
+        param: String,
+        kind: ParamType,
+        missing: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,13 +204,21 @@ fn split_values(v: &str) -> Vec<String> {
 }
 
 fn bad(name: &str, v: &str, why: &str) -> QueryError {
-    QueryError::BadValue(format!("invalid value '{v}' for search parameter '{name}': {why}"))
+    QueryError::BadValue(format!(
+        "invalid value '{v}' for search parameter '{name}': {why}"
+    ))
 }
 
 fn parse_token(v: &str) -> TokenValue {
     match v.split_once('|') {
-        None => TokenValue { system: None, code: Some(v.to_string()) },
-        Some((s, c)) => TokenValue { system: Some(s.to_string()), code: (!c.is_empty()).then(|| c.to_string()) },
+        None => TokenValue {
+            system: None,
+            code: Some(v.to_string()),
+        },
+        Some((s, c)) => TokenValue {
+            system: Some(s.to_string()),
+            code: (!c.is_empty()).then(|| c.to_string()),
+        },
     }
 }
 
@@ -191,7 +227,8 @@ fn parse_dates(name: &str, v: &str) -> Result<Vec<DateValue>, QueryError> {
         .iter()
         .map(|s| {
             let (prefix, rest) = split_prefix(s);
-            let range = date::parse_range(rest).ok_or_else(|| bad(name, s, "expected a FHIR date or dateTime, e.g. 2024-03-01"))?;
+            let range = date::parse_range(rest)
+                .ok_or_else(|| bad(name, s, "expected a FHIR date or dateTime, e.g. 2024-03-01"))?;
             Ok(DateValue { prefix, range })
         })
         .collect()
@@ -200,7 +237,12 @@ fn parse_dates(name: &str, v: &str) -> Result<Vec<DateValue>, QueryError> {
 impl Query {
     /// Parses query pairs for a search on `resource_type`. With `strict`, unknown parameters
     /// are an error; otherwise they are listed in `ignored`.
-    pub fn parse(params: &SearchParams, resource_type: &str, pairs: &[(String, String)], strict: bool) -> Result<Query, QueryError> {
+    pub fn parse(
+        params: &SearchParams,
+        resource_type: &str,
+        pairs: &[(String, String)],
+        strict: bool,
+    ) -> Result<Query, QueryError> {
         let mut q = Query::default();
         for (name, value) in pairs {
             if value.is_empty() && !name.starts_with('_') {
@@ -209,9 +251,13 @@ impl Query {
             }
             match name.as_str() {
                 "_id" => q.filters.push(Filter::Id(split_values(value))),
-                "_lastUpdated" => q.filters.push(Filter::LastUpdated(parse_dates(name, value)?)),
+                "_lastUpdated" => q
+                    .filters
+                    .push(Filter::LastUpdated(parse_dates(name, value)?)),
                 "_count" => {
-                    let n: usize = value.parse().map_err(|_| bad(name, value, "expected a whole number"))?;
+                    let n: usize = value
+                        .parse()
+                        .map_err(|_| bad(name, value, "expected a whole number"))?;
                     q.count = Some(n.min(MAX_COUNT));
                 }
                 "_sort" => {
@@ -224,11 +270,27 @@ impl Query {
                             "_id" => SortField::Id,
                             "_lastUpdated" => SortField::LastUpdated,
                             c => match params.get(resource_type, c) {
-                                Some(p) if matches!(p.kind, ParamType::Date | ParamType::String | ParamType::Token) => {
-                                    SortField::Param { code: c.to_string(), kind: p.kind }
+                                Some(p)
+                                    if matches!(
+                                        p.kind,
+                                        ParamType::Date | ParamType::String | ParamType::Token
+                                    ) =>
+                                {
+                                    SortField::Param {
+                                        code: c.to_string(),
+                                        kind: p.kind,
+                                    }
                                 }
-                                Some(_) => return Err(bad(name, s, "sorting is supported on date, string and token parameters")),
-                                None => return Err(bad(name, s, "not a search parameter of this type")),
+                                Some(_) => {
+                                    return Err(bad(
+                                        name,
+                                        s,
+                                        "sorting is supported on date, string and token parameters",
+                                    ))
+                                }
+                                None => {
+                                    return Err(bad(name, s, "not a search parameter of this type"))
+                                }
                             },
                         };
                         q.sort.push(Sort { field, descending });
@@ -250,22 +312,49 @@ impl Query {
                         _ => return Err(bad(name, value, "expected true, false, count or data")),
                     }
                 }
-                "_elements" => q.elements = value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
+                "_elements" => {
+                    q.elements = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
                 "_cursor" => q.cursor = Some(value.clone()),
                 "_format" | "_pretty" => {}
-                n if n == "_include" || n == "_include:iterate" || n == "_revinclude" || n == "_revinclude:iterate" => {
+                n if n == "_include"
+                    || n == "_include:iterate"
+                    || n == "_revinclude"
+                    || n == "_revinclude:iterate" =>
+                {
                     let iterate = n.ends_with(":iterate");
                     let mut parts = value.split(':');
                     let source = parts.next().unwrap_or_default().to_string();
-                    let param = parts.next().ok_or_else(|| bad(n, value, "expected Source:param[:Target]"))?.to_string();
+                    let param = parts
+                        .next()
+                        .ok_or_else(|| bad(n, value, "expected Source:param[:Target]"))?
+                        .to_string();
                     let target = parts.next().map(str::to_string);
                     if crate::registry::kind_of(&source).is_none() {
                         return Err(bad(n, value, "unknown source type"));
                     }
-                    if param != "*" && params.get(&source, &param).is_none_or(|p| p.kind != ParamType::Reference) {
-                        return Err(bad(n, value, "not a reference parameter of the source type"));
+                    if param != "*"
+                        && params
+                            .get(&source, &param)
+                            .is_none_or(|p| p.kind != ParamType::Reference)
+                    {
+                        return Err(bad(
+                            n,
+                            value,
+                            "not a reference parameter of the source type",
+                        ));
                     }
-                    let inc = Include { source, param, target, iterate };
+                    let inc = Include {
+                        source,
+                        param,
+                        target,
+                        iterate,
+                    };
                     if n.starts_with("_include") {
                         q.include.push(inc);
                     } else {
@@ -288,25 +377,40 @@ impl Query {
 }
 
 /// Parses one `name[:modifier][.chain]=value` filter; `None` if the parameter is unknown.
-fn parse_filter(params: &SearchParams, resource_type: &str, name: &str, value: &str) -> Result<Option<Filter>, QueryError> {
+fn parse_filter(
+    params: &SearchParams,
+    resource_type: &str,
+    name: &str,
+    value: &str,
+) -> Result<Option<Filter>, QueryError> {
     // Chains: patient.identifier=..., subject:Patient.identifier=...
     if let Some((head, inner_name)) = name.split_once('.') {
         let (code, target) = match head.split_once(':') {
             Some((c, t)) => (c, Some(t)),
             None => (head, None),
         };
-        let Some(p) = params.get(resource_type, code) else { return Ok(None) };
+        let Some(p) = params.get(resource_type, code) else {
+            return Ok(None);
+        };
         if p.kind != ParamType::Reference {
-            return Err(QueryError::BadValue(format!("'{code}' is not a reference parameter, so it cannot be chained")));
+            return Err(QueryError::BadValue(format!(
+                "'{code}' is not a reference parameter, so it cannot be chained"
+            )));
         }
         let target_type = target.unwrap_or("Patient").to_string();
         if inner_name.contains('.') {
-            return Err(QueryError::BadValue("chains of more than one level are not supported".into()));
+            return Err(QueryError::BadValue(
+                "chains of more than one level are not supported".into(),
+            ));
         }
         let Some(inner) = parse_filter(params, &target_type, inner_name, value)? else {
             return Ok(None);
         };
-        return Ok(Some(Filter::Chain { param: code.to_string(), target_type, inner: Box::new(inner) }));
+        return Ok(Some(Filter::Chain {
+            param: code.to_string(),
+            target_type,
+            inner: Box::new(inner),
+        }));
     }
     let (code, modifier) = match name.split_once(':') {
         Some((c, m)) => (c, Some(m)),
@@ -318,7 +422,9 @@ fn parse_filter(params: &SearchParams, resource_type: &str, name: &str, value: &
         }
         return Ok(None);
     }
-    let Some(p) = params.get(resource_type, code) else { return Ok(None) };
+    let Some(p) = params.get(resource_type, code) else {
+        return Ok(None);
+    };
     let param = code.to_string();
     if modifier == Some("missing") {
         let missing = match value {
@@ -326,7 +432,11 @@ fn parse_filter(params: &SearchParams, resource_type: &str, name: &str, value: &
             "false" => false,
             _ => return Err(bad(name, value, "expected true or false")),
         };
-        return Ok(Some(Filter::Missing { param, kind: p.kind, missing }));
+        return Ok(Some(Filter::Missing {
+            param,
+            kind: p.kind,
+            missing,
+        }));
     }
     let values = split_values(value);
     let f = match (p.kind, modifier) {
@@ -343,23 +453,50 @@ fn parse_filter(params: &SearchParams, resource_type: &str, name: &str, value: &
             };
             let values = values
                 .into_iter()
-                .map(|v| if mode == StringMode::Exact { v } else { normalize(&v) })
+                .map(|v| {
+                    if mode == StringMode::Exact {
+                        v
+                    } else {
+                        normalize(&v)
+                    }
+                })
                 .collect();
-            Filter::String { param, values, mode }
+            Filter::String {
+                param,
+                values,
+                mode,
+            }
         }
-        (ParamType::Date, None) => Filter::Date { param, values: parse_dates(name, value)? },
-        (ParamType::Reference, Some("identifier")) => Filter::RefIdentifier { param, values: values.iter().map(|v| parse_token(v)).collect() },
-        (ParamType::Reference, None) | (ParamType::Reference, Some(_)) if modifier.is_none_or(|m| crate::registry::kind_of(m).is_some()) => {
+        (ParamType::Date, None) => Filter::Date {
+            param,
+            values: parse_dates(name, value)?,
+        },
+        (ParamType::Reference, Some("identifier")) => Filter::RefIdentifier {
+            param,
+            values: values.iter().map(|v| parse_token(v)).collect(),
+        },
+        (ParamType::Reference, None) | (ParamType::Reference, Some(_))
+            if modifier.is_none_or(|m| crate::registry::kind_of(m).is_some()) =>
+        {
             let mut refs = Vec::new();
             for v in &values {
                 let r = match split_reference(v) {
-                    Some((t, id)) => RefValue { target_type: Some(t.to_string()), id: id.to_string() },
-                    None if crate::registry::is_valid_id(v) => RefValue { target_type: modifier.map(str::to_string), id: v.clone() },
+                    Some((t, id)) => RefValue {
+                        target_type: Some(t.to_string()),
+                        id: id.to_string(),
+                    },
+                    None if crate::registry::is_valid_id(v) => RefValue {
+                        target_type: modifier.map(str::to_string),
+                        id: v.clone(),
+                    },
                     None => return Err(bad(name, v, "expected Type/id or an id")),
                 };
                 refs.push(r);
             }
-            Filter::Reference { param, values: refs }
+            Filter::Reference {
+                param,
+                values: refs,
+            }
         }
         (ParamType::Quantity, None) => {
             let mut out = Vec::new();
@@ -367,17 +504,32 @@ fn parse_filter(params: &SearchParams, resource_type: &str, name: &str, value: &
                 let (prefix, rest) = split_prefix(v);
                 let mut parts = rest.splitn(3, '|');
                 let number = parts.next().unwrap_or_default();
-                let value: f64 = number.parse().map_err(|_| bad(name, v, "expected a number[|system|code]"))?;
+                let value: f64 = number
+                    .parse()
+                    .map_err(|_| bad(name, v, "expected a number[|system|code]"))?;
                 let system = parts.next().filter(|s| !s.is_empty()).map(str::to_string);
                 let code = parts.next().filter(|s| !s.is_empty()).map(str::to_string);
-                out.push(QuantityValue { prefix, value, system, code });
+                out.push(QuantityValue {
+                    prefix,
+                    value,
+                    system,
+                    code,
+                });
             }
             Filter::Quantity { param, values: out }
         }
         (kind, Some(m)) => {
-            return Err(QueryError::BadValue(format!("modifier ':{m}' is not supported on {} parameter '{code}'", kind.as_str())))
+            return Err(QueryError::BadValue(format!(
+                "modifier ':{m}' is not supported on {} parameter '{code}'",
+                kind.as_str()
+            )))
         }
-        (kind, None) => return Err(QueryError::BadValue(format!("{} parameter '{code}' cannot be searched here", kind.as_str()))),
+        (kind, None) => {
+            return Err(QueryError::BadValue(format!(
+                "{} parameter '{code}' cannot be searched here",
+                kind.as_str()
+            )))
+        }
     };
     Ok(Some(f))
 }
@@ -387,7 +539,10 @@ mod tests {
     use super::*;
 
     fn pairs(q: &str) -> Vec<(String, String)> {
-        q.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -396,17 +551,27 @@ mod tests {
         let q = Query::parse(&sp, "Observation", &pairs("patient=Patient/p1&code=http://snomed.info/sct|450476008,450475007&date=ge2024-01&_count=5&status:not=cancelled&patient.identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919"), true).expect("ok");
         assert_eq!(q.count, Some(5));
         assert_eq!(q.filters.len(), 5);
-        assert!(matches!(&q.filters[1], Filter::Token { values, .. } if values.len() == 2 && values[0].system.as_deref() == Some("http://snomed.info/sct")));
-        assert!(matches!(&q.filters[2], Filter::Date { values, .. } if values[0].prefix == Prefix::Ge));
-        assert!(matches!(&q.filters[4], Filter::Chain { target_type, .. } if target_type == "Patient"));
+        assert!(
+            matches!(&q.filters[1], Filter::Token { values, .. } if values.len() == 2 && values[0].system.as_deref() == Some("http://snomed.info/sct"))
+        );
+        assert!(
+            matches!(&q.filters[2], Filter::Date { values, .. } if values[0].prefix == Prefix::Ge)
+        );
+        assert!(
+            matches!(&q.filters[4], Filter::Chain { target_type, .. } if target_type == "Patient")
+        );
     }
 
     #[test]
     fn unknown_and_bad_values() {
         let sp = SearchParams::shipped().expect("load");
-        let lenient = Query::parse(&sp, "Patient", &pairs("foo=bar&family=smith"), false).expect("lenient");
+        let lenient =
+            Query::parse(&sp, "Patient", &pairs("foo=bar&family=smith"), false).expect("lenient");
         assert_eq!(lenient.ignored, vec!["foo".to_string()]);
-        assert!(matches!(Query::parse(&sp, "Patient", &pairs("foo=bar"), true), Err(QueryError::Unknown(_))));
+        assert!(matches!(
+            Query::parse(&sp, "Patient", &pairs("foo=bar"), true),
+            Err(QueryError::Unknown(_))
+        ));
         assert!(Query::parse(&sp, "Patient", &pairs("birthdate=notadate"), false).is_err());
         assert!(Query::parse(&sp, "Patient", &pairs("_count=many"), false).is_err());
         assert!(Query::parse(&sp, "Patient", &pairs("gender:missing=maybe"), false).is_err());

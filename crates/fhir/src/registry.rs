@@ -21,7 +21,11 @@ impl ResourceKind {
 }
 
 const fn kind(name: &'static str, patient_elements: &'static [&'static str]) -> ResourceKind {
-    ResourceKind { name, patient_elements, client_writable: true }
+    ResourceKind {
+        name,
+        patient_elements,
+        client_writable: true,
+    }
 }
 
 /// Every resource type the service holds, in CapabilityStatement order.
@@ -45,7 +49,11 @@ pub const KINDS: &[ResourceKind] = &[
     kind("Procedure", &["subject"]),
     kind("QuestionnaireResponse", &["subject"]),
     kind("Provenance", &["target"]),
-    ResourceKind { name: "AuditEvent", patient_elements: &[], client_writable: false },
+    ResourceKind {
+        name: "AuditEvent",
+        patient_elements: &[],
+        client_writable: false,
+    },
 ];
 
 pub fn kind_of(name: &str) -> Option<&'static ResourceKind> {
@@ -114,11 +122,18 @@ pub fn patient_link(kind: &ResourceKind, resource: &Value) -> PatientLink {
         // A Patient reference wins over an indirect one.
         let mut via = None;
         for r in refs {
-            if let Some((ty, id)) = r.get("reference").and_then(Value::as_str).and_then(split_reference) {
+            if let Some((ty, id)) = r
+                .get("reference")
+                .and_then(Value::as_str)
+                .and_then(split_reference)
+            {
                 if ty == "Patient" {
                     return PatientLink::Patient(id.to_string());
                 }
-                via.get_or_insert(PatientLink::Via { resource_type: ty.to_string(), id: id.to_string() });
+                via.get_or_insert(PatientLink::Via {
+                    resource_type: ty.to_string(),
+                    id: id.to_string(),
+                });
             } else if let Some(ident) = r.get("identifier") {
                 let sys = ident.get("system").and_then(Value::as_str);
                 let val = ident.get("value").and_then(Value::as_str);
@@ -144,8 +159,14 @@ mod tests {
     #[test]
     fn references() {
         assert_eq!(split_reference("Patient/abc"), Some(("Patient", "abc")));
-        assert_eq!(split_reference("http://x/fhir/Patient/abc"), Some(("Patient", "abc")));
-        assert_eq!(split_reference("Patient/abc/_history/3"), Some(("Patient", "abc")));
+        assert_eq!(
+            split_reference("http://x/fhir/Patient/abc"),
+            Some(("Patient", "abc"))
+        );
+        assert_eq!(
+            split_reference("Patient/abc/_history/3"),
+            Some(("Patient", "abc"))
+        );
         assert_eq!(split_reference("urn:uuid:1234"), None);
         assert_eq!(split_reference("abc"), None);
     }
@@ -163,8 +184,14 @@ mod tests {
         let prov = kind_of("Provenance").expect("known");
         assert_eq!(
             patient_link(prov, &json!({"target": [{"reference": "Observation/o1"}]})),
-            PatientLink::Via { resource_type: "Observation".into(), id: "o1".into() }
+            PatientLink::Via {
+                resource_type: "Observation".into(),
+                id: "o1".into()
+            }
         );
-        assert_eq!(patient_link(kind_of("Organization").expect("known"), &json!({})), PatientLink::None);
+        assert_eq!(
+            patient_link(kind_of("Organization").expect("known"), &json!({})),
+            PatientLink::None
+        );
     }
 }

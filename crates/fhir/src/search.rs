@@ -67,10 +67,19 @@ impl SearchParams {
     pub fn load(bundle_json: &str) -> Result<Self, DefinitionError> {
         let bundle: Value = serde_json::from_str(bundle_json)?;
         let mut out = SearchParams::default();
-        let entries = bundle.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+        let entries = bundle
+            .get("entry")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         for e in entries {
             let sp = e.get("resource").cloned().unwrap_or(Value::Null);
-            let field = |k: &str| sp.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+            let field = |k: &str| {
+                sp.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
             let code = field("code");
             let kind = match field("type").as_str() {
                 "token" => ParamType::Token,
@@ -78,13 +87,23 @@ impl SearchParams {
                 "date" => ParamType::Date,
                 "reference" => ParamType::Reference,
                 "quantity" => ParamType::Quantity,
-                other => return Err(DefinitionError::Bad(code, format!("unsupported type {other}"))),
+                other => {
+                    return Err(DefinitionError::Bad(
+                        code,
+                        format!("unsupported type {other}"),
+                    ))
+                }
             };
             let expression = field("expression");
             let bases: Vec<String> = sp
                 .get("base")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
                 .unwrap_or_default();
             for base in bases {
                 let paths: Vec<Vec<String>> = expression
@@ -94,7 +113,10 @@ impl SearchParams {
                     .map(|p| p.split('.').map(str::to_string).collect())
                     .collect();
                 if paths.is_empty() {
-                    return Err(DefinitionError::Bad(code.clone(), format!("no path for base {base}")));
+                    return Err(DefinitionError::Bad(
+                        code.clone(),
+                        format!("no path for base {base}"),
+                    ));
                 }
                 out.by_type.entry(base).or_default().push(ParamDef {
                     code: code.clone(),
@@ -114,11 +136,17 @@ impl SearchParams {
     }
 
     pub fn get(&self, resource_type: &str, code: &str) -> Option<&ParamDef> {
-        self.by_type.get(resource_type)?.iter().find(|p| p.code == code)
+        self.by_type
+            .get(resource_type)?
+            .iter()
+            .find(|p| p.code == code)
     }
 
     pub fn for_type(&self, resource_type: &str) -> &[ParamDef] {
-        self.by_type.get(resource_type).map(Vec::as_slice).unwrap_or(&[])
+        self.by_type
+            .get(resource_type)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// The index rows a resource gives.
@@ -132,8 +160,15 @@ impl SearchParams {
                     p.index_node(node, &mut rows);
                 }
             }
-            if resource_type == "Patient" && p.code == "deceased" && !rows.tokens.iter().any(|t| t.param == "deceased") {
-                rows.tokens.push(TokenRow { param: p.code.clone(), system: String::new(), code: "false".into() });
+            if resource_type == "Patient"
+                && p.code == "deceased"
+                && !rows.tokens.iter().any(|t| t.param == "deceased")
+            {
+                rows.tokens.push(TokenRow {
+                    param: p.code.clone(),
+                    system: String::new(),
+                    code: "false".into(),
+                });
             }
         }
         rows.dedup();
@@ -147,29 +182,53 @@ impl ParamDef {
         match self.kind {
             ParamType::Token => {
                 for (system, code) in tokens_of(node, &self.code) {
-                    rows.tokens.push(TokenRow { param: param(), system, code });
+                    rows.tokens.push(TokenRow {
+                        param: param(),
+                        system,
+                        code,
+                    });
                 }
             }
             ParamType::String => {
                 for s in strings_of(node) {
                     let value = normalize(&s);
                     if !value.is_empty() {
-                        rows.strings.push(StringRow { param: param(), value, raw: s });
+                        rows.strings.push(StringRow {
+                            param: param(),
+                            value,
+                            raw: s,
+                        });
                     }
                 }
             }
             ParamType::Date => {
                 if let Some(r) = range_of(node) {
-                    rows.dates.push(DateRow { param: param(), low: r.low, high: r.high });
+                    rows.dates.push(DateRow {
+                        param: param(),
+                        low: r.low,
+                        high: r.high,
+                    });
                 }
             }
             ParamType::Reference => {
-                if let Some((ty, id)) = node.get("reference").and_then(Value::as_str).and_then(split_reference) {
-                    rows.references.push(RefRow { param: param(), target_type: ty.into(), target_id: id.into() });
+                if let Some((ty, id)) = node
+                    .get("reference")
+                    .and_then(Value::as_str)
+                    .and_then(split_reference)
+                {
+                    rows.references.push(RefRow {
+                        param: param(),
+                        target_type: ty.into(),
+                        target_id: id.into(),
+                    });
                 }
                 if let Some(ident) = node.get("identifier") {
                     for (system, code) in tokens_of(ident, "") {
-                        rows.tokens.push(TokenRow { param: format!("{}:identifier", self.code), system, code });
+                        rows.tokens.push(TokenRow {
+                            param: format!("{}:identifier", self.code),
+                            system,
+                            code,
+                        });
                     }
                 }
             }
@@ -178,13 +237,25 @@ impl ParamDef {
                     Value::Number(n) => (n.as_f64(), String::new(), String::new()),
                     Value::Object(o) => (
                         o.get("value").and_then(Value::as_f64),
-                        o.get("system").and_then(Value::as_str).unwrap_or_default().to_string(),
-                        o.get("code").or_else(|| o.get("unit")).and_then(Value::as_str).unwrap_or_default().to_string(),
+                        o.get("system")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                        o.get("code")
+                            .or_else(|| o.get("unit"))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
                     ),
                     _ => (None, String::new(), String::new()),
                 };
                 if let Some(value) = value {
-                    rows.quantities.push(QuantityRow { param: param(), value, system, code });
+                    rows.quantities.push(QuantityRow {
+                        param: param(),
+                        value,
+                        system,
+                        code,
+                    });
                 }
             }
         }
@@ -235,12 +306,21 @@ fn tokens_of(node: &Value, code: &str) -> Vec<(String, String)> {
         Value::Bool(b) => vec![(String::new(), b.to_string())],
         Value::Number(n) => vec![(String::new(), n.to_string())],
         Value::Object(o) => {
-            let sys = |x: &serde_json::Map<String, Value>| x.get("system").and_then(Value::as_str).unwrap_or_default().to_string();
+            let sys = |x: &serde_json::Map<String, Value>| {
+                x.get("system")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
             if let Some(codings) = o.get("coding").and_then(Value::as_array) {
                 codings
                     .iter()
                     .filter_map(|c| c.as_object())
-                    .filter_map(|c| c.get("code").and_then(Value::as_str).map(|code| (sys(c), code.to_string())))
+                    .filter_map(|c| {
+                        c.get("code")
+                            .and_then(Value::as_str)
+                            .map(|code| (sys(c), code.to_string()))
+                    })
                     .collect()
             } else if let Some(code) = o.get("code").and_then(Value::as_str) {
                 vec![(sys(o), code.to_string())]
@@ -259,10 +339,24 @@ fn strings_of(node: &Value) -> Vec<String> {
         Value::String(s) => vec![s.clone()],
         Value::Object(o) => {
             let mut out = Vec::new();
-            for k in ["text", "family", "given", "prefix", "suffix", "line", "city", "district", "state", "postalCode", "country"] {
+            for k in [
+                "text",
+                "family",
+                "given",
+                "prefix",
+                "suffix",
+                "line",
+                "city",
+                "district",
+                "state",
+                "postalCode",
+                "country",
+            ] {
                 match o.get(k) {
                     Some(Value::String(s)) => out.push(s.clone()),
-                    Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str).map(str::to_string)),
+                    Some(Value::Array(a)) => {
+                        out.extend(a.iter().filter_map(Value::as_str).map(str::to_string))
+                    }
                     _ => {}
                 }
             }
@@ -276,8 +370,16 @@ fn range_of(node: &Value) -> Option<date::Range> {
     match node {
         Value::String(s) => date::parse_range(s),
         Value::Object(o) if o.contains_key("start") || o.contains_key("end") => {
-            let low = o.get("start").and_then(Value::as_str).and_then(date::parse_range).map_or(date::MIN, |r| r.low);
-            let high = o.get("end").and_then(Value::as_str).and_then(date::parse_range).map_or(date::MAX, |r| r.high);
+            let low = o
+                .get("start")
+                .and_then(Value::as_str)
+                .and_then(date::parse_range)
+                .map_or(date::MIN, |r| r.low);
+            let high = o
+                .get("end")
+                .and_then(Value::as_str)
+                .and_then(date::parse_range)
+                .map_or(date::MAX, |r| r.high);
             Some(date::Range { low, high })
         }
         _ => None,
@@ -371,12 +473,36 @@ mod tests {
             "address": [{"postalCode": "LS1 4AP"}], "gender": "female",
             "generalPractitioner": [{"reference": "Organization/gp1", "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "A81001"}}]});
         let rows = sp.index("Patient", &p);
-        assert!(rows.tokens.contains(&TokenRow { param: "identifier".into(), system: "https://fhir.nhs.uk/Id/nhs-number".into(), code: "9434765919".into() }));
-        assert!(rows.tokens.contains(&TokenRow { param: "deceased".into(), system: String::new(), code: "false".into() }));
-        assert!(rows.strings.contains(&StringRow { param: "family".into(), value: "obriain".into(), raw: "Ó Briain".into() }));
-        assert!(rows.strings.contains(&StringRow { param: "given".into(), value: "sean".into(), raw: "Seán".into() }));
-        assert!(rows.strings.contains(&StringRow { param: "address-postalcode".into(), value: "ls14ap".into(), raw: "LS1 4AP".into() }));
-        assert!(rows.references.contains(&RefRow { param: "general-practitioner".into(), target_type: "Organization".into(), target_id: "gp1".into() }));
+        assert!(rows.tokens.contains(&TokenRow {
+            param: "identifier".into(),
+            system: "https://fhir.nhs.uk/Id/nhs-number".into(),
+            code: "9434765919".into()
+        }));
+        assert!(rows.tokens.contains(&TokenRow {
+            param: "deceased".into(),
+            system: String::new(),
+            code: "false".into()
+        }));
+        assert!(rows.strings.contains(&StringRow {
+            param: "family".into(),
+            value: "obriain".into(),
+            raw: "Ó Briain".into()
+        }));
+        assert!(rows.strings.contains(&StringRow {
+            param: "given".into(),
+            value: "sean".into(),
+            raw: "Seán".into()
+        }));
+        assert!(rows.strings.contains(&StringRow {
+            param: "address-postalcode".into(),
+            value: "ls14ap".into(),
+            raw: "LS1 4AP".into()
+        }));
+        assert!(rows.references.contains(&RefRow {
+            param: "general-practitioner".into(),
+            target_type: "Organization".into(),
+            target_id: "gp1".into()
+        }));
         assert_eq!(rows.dates.len(), 1);
     }
 
@@ -387,10 +513,23 @@ mod tests {
             "code": {"coding": [{"system": "http://snomed.info/sct", "code": "450476008"}]},
             "effectivePeriod": {"start": "2024-01-01"}, "valueInteger": 40});
         let rows = sp.index("Observation", &o);
-        assert!(rows.dates.iter().any(|d| d.param == "date" && d.high == date::MAX));
-        assert!(rows.references.iter().any(|r| r.param == "patient" && r.target_id == "p1"));
-        assert!(rows.quantities.iter().any(|q| q.param == "value-quantity" && q.value == 40.0));
+        assert!(rows
+            .dates
+            .iter()
+            .any(|d| d.param == "date" && d.high == date::MAX));
+        assert!(rows
+            .references
+            .iter()
+            .any(|r| r.param == "patient" && r.target_id == "p1"));
+        assert!(rows
+            .quantities
+            .iter()
+            .any(|q| q.param == "value-quantity" && q.value == 40.0));
         let dead = json!({"resourceType": "Patient", "deceasedDateTime": "2024-05-01"});
-        assert!(sp.index("Patient", &dead).tokens.iter().any(|t| t.param == "deceased" && t.code == "true"));
+        assert!(sp
+            .index("Patient", &dead)
+            .tokens
+            .iter()
+            .any(|t| t.param == "deceased" && t.code == "true"));
     }
 }

@@ -24,8 +24,17 @@ pub struct Issue {
 }
 
 impl Issue {
-    pub fn error(code: &'static str, path: impl Into<Option<String>>, message: impl Into<String>) -> Self {
-        Issue { severity: IssueSeverity::Error, code, path: path.into(), message: message.into() }
+    pub fn error(
+        code: &'static str,
+        path: impl Into<Option<String>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Issue {
+            severity: IssueSeverity::Error,
+            code,
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -45,9 +54,12 @@ pub enum ValidationError {
 
 /// Parses a request body as a JSON object.
 pub fn parse_json(body: &[u8]) -> Result<Value, ValidationError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| ValidationError::Malformed(e.to_string()))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| ValidationError::Malformed(e.to_string()))?;
     if !v.is_object() {
-        return Err(ValidationError::Malformed("a FHIR resource is a JSON object".into()));
+        return Err(ValidationError::Malformed(
+            "a FHIR resource is a JSON object".into(),
+        ));
     }
     Ok(v)
 }
@@ -57,7 +69,11 @@ pub fn parse_json(body: &[u8]) -> Result<Value, ValidationError> {
 pub fn validate(expected: &ResourceKind, resource: &Value) -> Result<(), ValidationError> {
     let found = resource.get("resourceType").and_then(Value::as_str);
     match found {
-        None => return Err(ValidationError::WrongType("the resource has no resourceType".into())),
+        None => {
+            return Err(ValidationError::WrongType(
+                "the resource has no resourceType".into(),
+            ))
+        }
         Some(t) if t != expected.name => {
             return Err(ValidationError::WrongType(format!(
                 "resourceType {t} does not match the URL, which names {}",
@@ -70,7 +86,11 @@ pub fn validate(expected: &ResourceKind, resource: &Value) -> Result<(), Validat
     check_empty(resource, expected.name, &mut issues);
     if let Some(id) = resource.get("id") {
         if !id.as_str().is_some_and(registry::is_valid_id) {
-            issues.push(Issue::error("value", format!("{}.id", expected.name), "id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'"));
+            issues.push(Issue::error(
+                "value",
+                format!("{}.id", expected.name),
+                "id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'",
+            ));
         }
     }
     check_nhs_numbers(resource, expected.name, &mut issues);
@@ -83,7 +103,10 @@ pub fn validate(expected: &ResourceKind, resource: &Value) -> Result<(), Validat
             return Err(ValidationError::Invalid(vec![Issue::error(
                 "structure",
                 Some(expected.name.to_string()),
-                format!("does not match the FHIR R4 {} structure: {e}", expected.name),
+                format!(
+                    "does not match the FHIR R4 {} structure: {e}",
+                    expected.name
+                ),
             )]))
         }
     };
@@ -104,25 +127,40 @@ fn check_empty(v: &Value, path: &str, issues: &mut Vec<Issue>) {
     match v {
         Value::Object(map) => {
             if map.is_empty() {
-                issues.push(Issue::error("structure", path.to_string(), "empty objects are not allowed in FHIR JSON"));
+                issues.push(Issue::error(
+                    "structure",
+                    path.to_string(),
+                    "empty objects are not allowed in FHIR JSON",
+                ));
             }
             for (k, child) in map {
                 let p = format!("{path}.{k}");
                 match child {
-                    Value::Null => issues.push(Issue::error("structure", p, "null is not allowed here")),
-                    Value::String(s) if s.is_empty() => {
-                        issues.push(Issue::error("structure", p, "empty strings are not allowed in FHIR JSON"))
+                    Value::Null => {
+                        issues.push(Issue::error("structure", p, "null is not allowed here"))
                     }
-                    Value::Array(a) if a.is_empty() => {
-                        issues.push(Issue::error("structure", p, "empty arrays are not allowed in FHIR JSON"))
-                    }
+                    Value::String(s) if s.is_empty() => issues.push(Issue::error(
+                        "structure",
+                        p,
+                        "empty strings are not allowed in FHIR JSON",
+                    )),
+                    Value::Array(a) if a.is_empty() => issues.push(Issue::error(
+                        "structure",
+                        p,
+                        "empty arrays are not allowed in FHIR JSON",
+                    )),
                     Value::Array(a) => {
-                        let primitive_with_ext = k.starts_with('_') || map.contains_key(&format!("_{k}"));
+                        let primitive_with_ext =
+                            k.starts_with('_') || map.contains_key(&format!("_{k}"));
                         for (i, item) in a.iter().enumerate() {
                             let ip = format!("{p}[{i}]");
                             match item {
                                 Value::Null if primitive_with_ext => {}
-                                Value::Null => issues.push(Issue::error("structure", ip, "null is not allowed here")),
+                                Value::Null => issues.push(Issue::error(
+                                    "structure",
+                                    ip,
+                                    "null is not allowed here",
+                                )),
                                 _ => check_empty(item, &ip, issues),
                             }
                         }
@@ -175,12 +213,24 @@ fn check_nhs_numbers(v: &Value, path: &str, issues: &mut Vec<Issue>) {
                 match map.get("value").and_then(Value::as_str) {
                     Some(val) => {
                         if let Err(e) = NhsNumber::parse(val) {
-                            issues.push(Issue::error("value", format!("{path}.value"), e.to_string()));
+                            issues.push(Issue::error(
+                                "value",
+                                format!("{path}.value"),
+                                e.to_string(),
+                            ));
                         } else if val.contains(' ') {
-                            issues.push(Issue::error("value", format!("{path}.value"), "an NHS number is stored as 10 digits without spaces"));
+                            issues.push(Issue::error(
+                                "value",
+                                format!("{path}.value"),
+                                "an NHS number is stored as 10 digits without spaces",
+                            ));
                         }
                     }
-                    None => issues.push(Issue::error("required", format!("{path}.value"), "an NHS number identifier needs a value")),
+                    None => issues.push(Issue::error(
+                        "required",
+                        format!("{path}.value"),
+                        "an NHS number identifier needs a value",
+                    )),
                 }
             }
             for (k, child) in map {
@@ -217,21 +267,41 @@ mod tests {
     #[test]
     fn refuses_unknown_elements_with_their_path() {
         let p = json!({"resourceType": "Patient", "name": [{"family": "Smith", "nickname": "Annie"}], "favouriteColour": "blue"});
-        let Err(ValidationError::Invalid(issues)) = validate(patient(), &p) else { panic!("should fail") };
+        let Err(ValidationError::Invalid(issues)) = validate(patient(), &p) else {
+            panic!("should fail")
+        };
         let paths: Vec<_> = issues.iter().filter_map(|i| i.path.clone()).collect();
-        assert!(paths.contains(&"Patient.favouriteColour".to_string()), "{paths:?}");
-        assert!(paths.contains(&"Patient.name[0].nickname".to_string()), "{paths:?}");
+        assert!(
+            paths.contains(&"Patient.favouriteColour".to_string()),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"Patient.name[0].nickname".to_string()),
+            "{paths:?}"
+        );
     }
 
     #[test]
     fn refuses_bad_nhs_numbers_and_wrong_types() {
         let p = json!({"resourceType": "Patient", "identifier": [{"system": NhsNumber::SYSTEM, "value": "9434765918"}]});
-        assert!(matches!(validate(patient(), &p), Err(ValidationError::Invalid(_))));
+        assert!(matches!(
+            validate(patient(), &p),
+            Err(ValidationError::Invalid(_))
+        ));
         let o = json!({"resourceType": "Observation"});
-        assert!(matches!(validate(patient(), &o), Err(ValidationError::WrongType(_))));
+        assert!(matches!(
+            validate(patient(), &o),
+            Err(ValidationError::WrongType(_))
+        ));
         let bad_gender = json!({"resourceType": "Patient", "gender": "robot"});
-        assert!(matches!(validate(patient(), &bad_gender), Err(ValidationError::Invalid(_))));
+        assert!(matches!(
+            validate(patient(), &bad_gender),
+            Err(ValidationError::Invalid(_))
+        ));
         let empty = json!({"resourceType": "Patient", "name": []});
-        assert!(matches!(validate(patient(), &empty), Err(ValidationError::Invalid(_))));
+        assert!(matches!(
+            validate(patient(), &empty),
+            Err(ValidationError::Invalid(_))
+        ));
     }
 }

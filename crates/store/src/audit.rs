@@ -10,16 +10,37 @@ use epaccs_fhir::query::DateValue;
 
 /// Inserts one record (inside the caller's transaction: a write and its audit commit together).
 pub fn insert(conn: &mut DbConn, rec: &AuditRecord) -> Result<(), StoreError> {
-    let content = serde_json::to_string(&rec.content).map_err(|e| StoreError::Internal(e.to_string()))?;
+    let content =
+        serde_json::to_string(&rec.content).map_err(|e| StoreError::Internal(e.to_string()))?;
     let mut sql = Sql::new("INSERT INTO audit_event (id, recorded, client_id, user_id, org, role, purpose, outcome, break_glass, content) VALUES (");
-    sql.text(rec.id.clone()).push(", ").int(rec.recorded).push(", ").text(rec.client_id.clone()).push(", ");
-    sql.bind(Bind::OptText(rec.user_id.clone())).push(", ").text(rec.org.clone()).push(", ").text(rec.role.clone());
-    sql.push(", ").text(rec.purpose.clone()).push(", ").text(rec.outcome.clone()).push(", ").bind(Bind::Bool(rec.break_glass));
+    sql.text(rec.id.clone())
+        .push(", ")
+        .int(rec.recorded)
+        .push(", ")
+        .text(rec.client_id.clone())
+        .push(", ");
+    sql.bind(Bind::OptText(rec.user_id.clone()))
+        .push(", ")
+        .text(rec.org.clone())
+        .push(", ")
+        .text(rec.role.clone());
+    sql.push(", ")
+        .text(rec.purpose.clone())
+        .push(", ")
+        .text(rec.outcome.clone())
+        .push(", ")
+        .bind(Bind::Bool(rec.break_glass));
     sql.push(", ").text(content).push(")");
     execute(conn, &sql)?;
     for p in &rec.patients {
-        let mut sql = Sql::new("INSERT INTO audit_patient (audit_id, patient_key, recorded) VALUES (");
-        sql.text(rec.id.clone()).push(", ").text(p.clone()).push(", ").int(rec.recorded).push(")");
+        let mut sql =
+            Sql::new("INSERT INTO audit_patient (audit_id, patient_key, recorded) VALUES (");
+        sql.text(rec.id.clone())
+            .push(", ")
+            .text(p.clone())
+            .push(", ")
+            .int(rec.recorded)
+            .push(")");
         execute(conn, &sql)?;
     }
     Ok(())
@@ -41,6 +62,9 @@ pub struct AuditQuery {
     pub before: Option<(i64, String)>,
 }
 
+/// Where a page of the audit trail ended: (recorded, id).
+pub type AuditPosition = (i64, String);
+
 #[derive(QueryableByName)]
 struct AuditRow {
     #[diesel(sql_type = Text)]
@@ -52,26 +76,48 @@ struct AuditRow {
 }
 
 /// Searches the trail, newest first. Only privacy officers may; the gate decides.
-pub fn search(conn: &mut DbConn, gate: &Gate, q: &AuditQuery) -> Result<(Vec<String>, Option<(i64, String)>), StoreError> {
+pub fn search(
+    conn: &mut DbConn,
+    gate: &Gate,
+    q: &AuditQuery,
+) -> Result<(Vec<String>, Option<AuditPosition>), StoreError> {
     if let Decision::Deny { reason, .. } = gate.check_read(None, "AuditEvent", "*", "") {
-        return Err(StoreError::Forbidden { reveal: true, reason });
+        return Err(StoreError::Forbidden {
+            reveal: true,
+            reason,
+        });
     }
     let mut sql = Sql::new("SELECT a.id, a.recorded, a.content FROM audit_event a WHERE 1 = 1");
     if let Some(id) = &q.id {
         sql.push(" AND a.id = ").text(id.clone());
     }
     if let Some(p) = &q.patient {
-        sql.push(" AND a.id IN (SELECT audit_id FROM audit_patient WHERE patient_key = ").text(p.clone()).push(")");
+        sql.push(" AND a.id IN (SELECT audit_id FROM audit_patient WHERE patient_key = ")
+            .text(p.clone())
+            .push(")");
     }
     if let Some(a) = &q.agent {
-        sql.push(" AND (a.client_id = ").text(a.clone()).push(" OR a.user_id = ").text(a.clone()).push(")");
+        sql.push(" AND (a.client_id = ")
+            .text(a.clone())
+            .push(" OR a.user_id = ")
+            .text(a.clone())
+            .push(")");
     }
     for d in &q.dates {
         use epaccs_fhir::query::Prefix::*;
         let (lo, hi) = (d.range.low, d.range.high);
         match d.prefix {
-            Eq | Ap => sql.push(" AND a.recorded >= ").int(lo).push(" AND a.recorded < ").int(hi),
-            Ne => sql.push(" AND (a.recorded < ").int(lo).push(" OR a.recorded >= ").int(hi).push(")"),
+            Eq | Ap => sql
+                .push(" AND a.recorded >= ")
+                .int(lo)
+                .push(" AND a.recorded < ")
+                .int(hi),
+            Ne => sql
+                .push(" AND (a.recorded < ")
+                .int(lo)
+                .push(" OR a.recorded >= ")
+                .int(hi)
+                .push(")"),
             Gt | Sa => sql.push(" AND a.recorded >= ").int(hi),
             Ge => sql.push(" AND a.recorded >= ").int(lo),
             Lt | Eb => sql.push(" AND a.recorded < ").int(lo),
@@ -85,9 +131,16 @@ pub fn search(conn: &mut DbConn, gate: &Gate, q: &AuditQuery) -> Result<(Vec<Str
         sql.push(" AND a.outcome = ").text(o.clone());
     }
     if let Some((rec, id)) = &q.before {
-        sql.push(" AND (a.recorded < ").int(*rec).push(" OR (a.recorded = ").int(*rec).push(" AND a.id < ").text(id.clone()).push("))");
+        sql.push(" AND (a.recorded < ")
+            .int(*rec)
+            .push(" OR (a.recorded = ")
+            .int(*rec)
+            .push(" AND a.id < ")
+            .text(id.clone())
+            .push("))");
     }
-    sql.push(" ORDER BY a.recorded DESC, a.id DESC LIMIT ").int(q.count as i64 + 1);
+    sql.push(" ORDER BY a.recorded DESC, a.id DESC LIMIT ")
+        .int(q.count as i64 + 1);
     let mut rows: Vec<AuditRow> = load(conn, &sql)?;
     let next = if rows.len() > q.count {
         rows.truncate(q.count);

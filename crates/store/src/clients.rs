@@ -36,21 +36,41 @@ pub fn register(conn: &mut DbConn, c: &Client) -> Result<(), StoreError> {
     del.text(c.client_id.clone());
     execute(conn, &del)?;
     let mut sql = Sql::new(&format!("INSERT INTO client ({CLIENT_COLUMNS}) VALUES ("));
-    sql.text(c.client_id.clone()).push(", ").text(c.org.clone()).push(", ").text(c.role.clone()).push(", ").text(c.scopes.clone());
-    sql.push(", ").bind(Bind::OptText(c.jwks.clone())).push(", ").bind(Bind::OptText(c.jwks_url.clone()));
-    sql.push(", ").bind(Bind::Bool(c.revoked)).push(", ").int(c.created).push(")");
+    sql.text(c.client_id.clone())
+        .push(", ")
+        .text(c.org.clone())
+        .push(", ")
+        .text(c.role.clone())
+        .push(", ")
+        .text(c.scopes.clone());
+    sql.push(", ")
+        .bind(Bind::OptText(c.jwks.clone()))
+        .push(", ")
+        .bind(Bind::OptText(c.jwks_url.clone()));
+    sql.push(", ")
+        .bind(Bind::Bool(c.revoked))
+        .push(", ")
+        .int(c.created)
+        .push(")");
     execute(conn, &sql)?;
     Ok(())
 }
 
 pub fn get(conn: &mut DbConn, client_id: &str) -> Result<Option<Client>, StoreError> {
-    let mut sql = Sql::new(&format!("SELECT {CLIENT_COLUMNS} FROM client WHERE client_id = "));
+    let mut sql = Sql::new(&format!(
+        "SELECT {CLIENT_COLUMNS} FROM client WHERE client_id = "
+    ));
     sql.text(client_id);
     Ok(load::<Client>(conn, &sql)?.pop())
 }
 
 pub fn list(conn: &mut DbConn) -> Result<Vec<Client>, StoreError> {
-    Ok(load(conn, &Sql::new(&format!("SELECT {CLIENT_COLUMNS} FROM client ORDER BY client_id")))?)
+    Ok(load(
+        conn,
+        &Sql::new(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM client ORDER BY client_id"
+        )),
+    )?)
 }
 
 /// Revokes a client; its tokens stop working on the next request. Returns whether it existed.
@@ -61,12 +81,23 @@ pub fn revoke(conn: &mut DbConn, client_id: &str) -> Result<bool, StoreError> {
 }
 
 /// Records a client-assertion `jti`; false if this client used it before (a replay).
-pub fn remember_jti(conn: &mut DbConn, client_id: &str, jti: &str, expires: i64, now: i64) -> Result<bool, StoreError> {
+pub fn remember_jti(
+    conn: &mut DbConn,
+    client_id: &str,
+    jti: &str,
+    expires: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
     let mut purge = Sql::new("DELETE FROM client_jti WHERE expires < ");
     purge.int(now);
     execute(conn, &purge)?;
     let mut sql = Sql::new("INSERT INTO client_jti (client_id, jti, expires) VALUES (");
-    sql.text(client_id).push(", ").text(jti).push(", ").int(expires).push(") ON CONFLICT (client_id, jti) DO NOTHING");
+    sql.text(client_id)
+        .push(", ")
+        .text(jti)
+        .push(", ")
+        .int(expires)
+        .push(") ON CONFLICT (client_id, jti) DO NOTHING");
     Ok(execute(conn, &sql)? == 1)
 }
 
@@ -79,15 +110,32 @@ pub struct ServerKey {
 }
 
 /// The server's token-signing key, created once by `make` and shared by every instance.
-pub fn server_key(conn: &mut DbConn, make: impl FnOnce() -> Result<(String, String), String>) -> Result<ServerKey, StoreError> {
-    let existing: Vec<ServerKey> = load(conn, &Sql::new("SELECT kid, private_pem FROM server_key ORDER BY created DESC LIMIT 1"))?;
+pub fn server_key(
+    conn: &mut DbConn,
+    make: impl FnOnce() -> Result<(String, String), String>,
+) -> Result<ServerKey, StoreError> {
+    let existing: Vec<ServerKey> = load(
+        conn,
+        &Sql::new("SELECT kid, private_pem FROM server_key ORDER BY created DESC LIMIT 1"),
+    )?;
     if let Some(k) = existing.into_iter().next() {
         return Ok(k);
     }
     let (kid, pem) = make().map_err(StoreError::Internal)?;
     let mut sql = Sql::new("INSERT INTO server_key (kid, private_pem, created) VALUES (");
-    sql.text(kid.clone()).push(", ").text(pem.clone()).push(", ").int(epaccs_fhir::date::now_micros()).push(") ON CONFLICT (kid) DO NOTHING");
+    sql.text(kid.clone())
+        .push(", ")
+        .text(pem.clone())
+        .push(", ")
+        .int(epaccs_fhir::date::now_micros())
+        .push(") ON CONFLICT (kid) DO NOTHING");
     execute(conn, &sql)?;
-    let again: Vec<ServerKey> = load(conn, &Sql::new("SELECT kid, private_pem FROM server_key ORDER BY created DESC LIMIT 1"))?;
-    again.into_iter().next().ok_or_else(|| StoreError::Internal("could not store the signing key".into()))
+    let again: Vec<ServerKey> = load(
+        conn,
+        &Sql::new("SELECT kid, private_pem FROM server_key ORDER BY created DESC LIMIT 1"),
+    )?;
+    again
+        .into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Internal("could not store the signing key".into()))
 }

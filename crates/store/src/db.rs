@@ -38,7 +38,10 @@ impl DatabaseUrl {
     /// `postgres://...` / `postgresql://...`, or `sqlite://PATH` (`sqlite:///abs/path` for an
     /// absolute path). Anything else is refused.
     pub fn parse(url: &str) -> Result<Self, UrlError> {
-        let err = |why: &str| UrlError { url: url.to_string(), why: why.to_string() };
+        let err = |why: &str| UrlError {
+            url: url.to_string(),
+            why: why.to_string(),
+        };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             if url.len() <= "postgres://".len() + 1 {
                 return Err(err("no host"));
@@ -50,7 +53,9 @@ impl DatabaseUrl {
             }
             Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
         } else {
-            Err(err("expected a postgres://, postgresql:// or sqlite:// URL"))
+            Err(err(
+                "expected a postgres://, postgresql:// or sqlite:// URL",
+            ))
         }
     }
 
@@ -64,9 +69,13 @@ impl DatabaseUrl {
             DatabaseUrl::Postgres(u) => Ok(DbConn::Pg(PgConnection::establish(u)?)),
             DatabaseUrl::Sqlite(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|e| ConnError::Setup(format!("cannot create {}: {e}", parent.display())))?;
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        ConnError::Setup(format!("cannot create {}: {e}", parent.display()))
+                    })?;
                 }
-                let p = path.to_str().ok_or_else(|| ConnError::Setup("the SQLite path is not UTF-8".into()))?;
+                let p = path
+                    .to_str()
+                    .ok_or_else(|| ConnError::Setup("the SQLite path is not UTF-8".into()))?;
                 let mut c = SqliteConnection::establish(p)?;
                 // WAL: readers never block the writer. synchronous=FULL: every commit is fsync'd,
                 // so an acknowledged write survives power loss; group commit keeps it fast.
@@ -83,8 +92,12 @@ impl DatabaseUrl {
     pub fn migrate(&self) -> Result<Vec<String>, ConnError> {
         let mut conn = self.connect(true)?;
         let applied = match &mut conn {
-            DbConn::Pg(c) => c.run_pending_migrations(PG_MIGRATIONS).map(|v| v.iter().map(|m| m.to_string()).collect()),
-            DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.iter().map(|m| m.to_string()).collect()),
+            DbConn::Pg(c) => c
+                .run_pending_migrations(PG_MIGRATIONS)
+                .map(|v| v.iter().map(|m| m.to_string()).collect()),
+            DbConn::Sqlite(c) => c
+                .run_pending_migrations(SQLITE_MIGRATIONS)
+                .map(|v| v.iter().map(|m| m.to_string()).collect()),
         };
         applied.map_err(|e| ConnError::Setup(format!("migration failed: {e}")))
     }
@@ -143,7 +156,10 @@ pub struct Sql {
 
 impl Sql {
     pub fn new(text: &str) -> Self {
-        Sql { text: text.to_string(), binds: Vec::new() }
+        Sql {
+            text: text.to_string(),
+            binds: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, text: &str) -> &mut Self {
@@ -190,7 +206,8 @@ impl Sql {
 
 macro_rules! with_binds {
     ($backend:ty, $sql:expr) => {{
-        let mut q: BoxedSqlQuery<'static, $backend, _> = diesel::sql_query($sql.text.clone()).into_boxed();
+        let mut q: BoxedSqlQuery<'static, $backend, _> =
+            diesel::sql_query($sql.text.clone()).into_boxed();
         for b in &$sql.binds {
             q = match b.clone() {
                 Bind::Text(s) => q.bind::<Text, _>(s),
@@ -229,9 +246,18 @@ mod tests {
 
     #[test]
     fn urls_are_explicit() {
-        assert!(matches!(DatabaseUrl::parse("postgres://postgres@127.0.0.1/x"), Ok(DatabaseUrl::Postgres(_))));
-        assert_eq!(DatabaseUrl::parse("sqlite://data/e.db").ok(), Some(DatabaseUrl::Sqlite("data/e.db".into())));
-        assert_eq!(DatabaseUrl::parse("sqlite:///tmp/e.db").ok(), Some(DatabaseUrl::Sqlite("/tmp/e.db".into())));
+        assert!(matches!(
+            DatabaseUrl::parse("postgres://postgres@127.0.0.1/x"),
+            Ok(DatabaseUrl::Postgres(_))
+        ));
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/e.db").ok(),
+            Some(DatabaseUrl::Sqlite("data/e.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///tmp/e.db").ok(),
+            Some(DatabaseUrl::Sqlite("/tmp/e.db".into()))
+        );
         for bad in ["postgress://x", "data/e.db", "sqlite://", "mysql://x", ""] {
             assert!(DatabaseUrl::parse(bad).is_err(), "{bad}");
         }

@@ -25,16 +25,23 @@ pub(crate) fn load_facts(conn: &mut DbConn, key: &str) -> Result<PatientFacts, S
     let mut sql = Sql::new("SELECT facts FROM patient_access WHERE patient_key = ");
     sql.text(key);
     match load::<FactsRow>(conn, &sql)?.pop() {
-        Some(r) => serde_json::from_str(&r.facts).map_err(|e| StoreError::Internal(format!("corrupt sharing facts: {e}"))),
+        Some(r) => serde_json::from_str(&r.facts)
+            .map_err(|e| StoreError::Internal(format!("corrupt sharing facts: {e}"))),
         None => Ok(PatientFacts::default()),
     }
 }
 
 fn contents(conn: &mut DbConn, key: &str, ty: &str) -> Result<Vec<Value>, StoreError> {
     let mut sql = Sql::new("SELECT content FROM resource WHERE patient_key = ");
-    sql.text(key).push(" AND res_type = ").text(ty).push(" AND deleted = FALSE");
+    sql.text(key)
+        .push(" AND res_type = ")
+        .text(ty)
+        .push(" AND deleted = FALSE");
     let rows: Vec<ContentRow> = load(conn, &sql)?;
-    Ok(rows.into_iter().filter_map(|r| serde_json::from_str(&r.content).ok()).collect())
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| serde_json::from_str(&r.content).ok())
+        .collect())
 }
 
 fn organisation_ods(conn: &mut DbConn, id: &str) -> Option<String> {
@@ -53,7 +60,12 @@ fn organisation_ods(conn: &mut DbConn, id: &str) -> Option<String> {
 
 /// After a write to `key`'s record by `org` (None for a delete): recompute the facts when the
 /// written type affects them or a new organisation joined the writers.
-pub(crate) fn after_write(conn: &mut DbConn, key: &str, ty: &str, org: Option<&str>) -> Result<(), StoreError> {
+pub(crate) fn after_write(
+    conn: &mut DbConn,
+    key: &str,
+    ty: &str,
+    org: Option<&str>,
+) -> Result<(), StoreError> {
     let mut facts = load_facts(conn, key)?;
     let new_writer = org.is_some_and(|o| !facts.writer_orgs.contains(o));
     if !new_writer && !matches!(ty, "Patient" | "Consent" | "CareTeam") {
@@ -86,10 +98,15 @@ pub(crate) fn after_write(conn: &mut DbConn, key: &str, ty: &str, org: Option<&s
             resolved.insert(id, ods);
         }
     }
-    let derived = PatientFacts::derive(patient.as_ref(), &consents, &teams, writers, &|id| resolved.get(id).cloned());
+    let derived = PatientFacts::derive(patient.as_ref(), &consents, &teams, writers, &|id| {
+        resolved.get(id).cloned()
+    });
     let json = serde_json::to_string(&derived).map_err(|e| StoreError::Internal(e.to_string()))?;
     let mut sql = Sql::new("INSERT INTO patient_access (patient_key, facts) VALUES (");
-    sql.text(key).push(", ").text(json).push(") ON CONFLICT (patient_key) DO UPDATE SET facts = excluded.facts");
+    sql.text(key)
+        .push(", ")
+        .text(json)
+        .push(") ON CONFLICT (patient_key) DO UPDATE SET facts = excluded.facts");
     execute(conn, &sql)?;
     Ok(())
 }

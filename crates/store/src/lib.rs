@@ -52,9 +52,14 @@ impl From<diesel::result::Error> for StoreError {
     fn from(e: diesel::result::Error) -> Self {
         use diesel::result::{DatabaseErrorKind, Error};
         match &e {
-            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => StoreError::Conflict("a concurrent write changed this resource; retry".into()),
-            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => StoreError::Conflict("a concurrent write changed this resource; retry".into()),
-            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) | Error::BrokenTransactionManager => {
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+                StoreError::Conflict("a concurrent write changed this resource; retry".into())
+            }
+            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+                StoreError::Conflict("a concurrent write changed this resource; retry".into())
+            }
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+            | Error::BrokenTransactionManager => {
                 StoreError::Unavailable("lost the database connection".into())
             }
             Error::DatabaseError(_, info) if info.message().contains("database is locked") => {
@@ -81,7 +86,10 @@ mod r2d2_error {
 
 /// Runs `f` in a savepoint of the current transaction: its changes are undone if it fails,
 /// while the enclosing transaction (e.g. the audit record of the same request) goes on.
-pub fn savepoint<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+pub fn savepoint<T>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     use diesel::Connection;
     conn.transaction(f)
 }
@@ -104,22 +112,41 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { pool_size: 16, connect_timeout: std::time::Duration::from_secs(5) }
+        StoreOptions {
+            pool_size: 16,
+            connect_timeout: std::time::Duration::from_secs(5),
+        }
     }
 }
 
 impl Store {
     /// Runs migrations, opens the pool and starts the writer.
-    pub fn open(url: &DatabaseUrl, params: Arc<SearchParams>, opts: StoreOptions) -> Result<Store, StoreError> {
-        url.migrate().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    pub fn open(
+        url: &DatabaseUrl,
+        params: Arc<SearchParams>,
+        opts: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        url.migrate()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let pool = diesel::r2d2::Pool::builder()
             .max_size(opts.pool_size)
             .connection_timeout(opts.connect_timeout)
             .build(db::Manager(url.clone()))
-            .map_err(|e| StoreError::Unavailable(format!("cannot open the connection pool: {e}")))?;
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot open the connection pool: {e}"))
+            })?;
         let writer = writer::Writer::start(url.clone())?;
-        let backend = if url.is_sqlite() { "sqlite" } else { "postgres" };
-        Ok(Store { pool, writer, params, backend })
+        let backend = if url.is_sqlite() {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        Ok(Store {
+            pool,
+            writer,
+            params,
+            backend,
+        })
     }
 
     pub fn backend(&self) -> &'static str {

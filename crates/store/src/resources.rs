@@ -66,13 +66,19 @@ impl ResourceRow {
 
 fn parse_facts(raw: Option<&str>) -> Result<PatientFacts, StoreError> {
     match raw {
-        Some(s) => serde_json::from_str(s).map_err(|e| StoreError::Internal(format!("corrupt sharing facts: {e}"))),
+        Some(s) => serde_json::from_str(s)
+            .map_err(|e| StoreError::Internal(format!("corrupt sharing facts: {e}"))),
         None => Ok(PatientFacts::default()),
     }
 }
 
 /// Asks the gate about one row. `log` records the decision as a disclosure for the audit.
-pub(crate) fn gate_row(gate: &Gate, row: ResourceRow, cache: &mut HashMap<String, PatientFacts>, log: bool) -> Result<Decided<Stored>, StoreError> {
+pub(crate) fn gate_row(
+    gate: &Gate,
+    row: ResourceRow,
+    cache: &mut HashMap<String, PatientFacts>,
+    log: bool,
+) -> Result<Decided<Stored>, StoreError> {
     let patient = match &row.patient_key {
         Some(k) => {
             if !cache.contains_key(k) {
@@ -84,7 +90,14 @@ pub(crate) fn gate_row(gate: &Gate, row: ResourceRow, cache: &mut HashMap<String
     };
     if !log {
         let ok = gate.would_read(patient, &row.res_type, &row.writer_org);
-        return Ok(if ok { Decided::Visible(row.stored()) } else { Decided::Withheld { reveal: false, reason: String::new() } });
+        return Ok(if ok {
+            Decided::Visible(row.stored())
+        } else {
+            Decided::Withheld {
+                reveal: false,
+                reason: String::new(),
+            }
+        });
     }
     let d = gate.check_read(patient, &row.res_type, &row.id, &row.writer_org);
     Ok(Gate::gated(d, row.stored()))
@@ -110,7 +123,10 @@ fn withheld(reveal: bool, reason: String) -> StoreError {
 pub fn read(conn: &mut DbConn, gate: &Gate, ty: &str, id: &str) -> Result<Stored, StoreError> {
     let row = current_row(conn, ty, id)?.ok_or(StoreError::NotFound)?;
     match gate_row(gate, row, &mut HashMap::new(), true)? {
-        Decided::Visible(s) if s.deleted => Err(StoreError::Gone { version_id: s.version_id, last_updated: s.last_updated }),
+        Decided::Visible(s) if s.deleted => Err(StoreError::Gone {
+            version_id: s.version_id,
+            last_updated: s.last_updated,
+        }),
         Decided::Visible(s) => Ok(s),
         Decided::Withheld { reveal, reason } => Err(withheld(reveal, reason)),
     }
@@ -119,16 +135,35 @@ pub fn read(conn: &mut DbConn, gate: &Gate, ty: &str, id: &str) -> Result<Stored
 const VERSION_COLUMNS: &str = "v.res_type, v.id, v.version_id, v.patient_key, v.writer_org, v.deleted, v.last_updated, v.content, pa.facts";
 
 /// Reads one version.
-pub fn vread(conn: &mut DbConn, gate: &Gate, ty: &str, id: &str, version: i64) -> Result<Stored, StoreError> {
+pub fn vread(
+    conn: &mut DbConn,
+    gate: &Gate,
+    ty: &str,
+    id: &str,
+    version: i64,
+) -> Result<Stored, StoreError> {
     let mut sql = Sql::new(&format!("SELECT {VERSION_COLUMNS} FROM resource_version v LEFT JOIN patient_access pa ON pa.patient_key = v.patient_key WHERE v.res_type = "));
-    sql.text(ty).push(" AND v.id = ").text(id).push(" AND v.version_id = ").int(version);
+    sql.text(ty)
+        .push(" AND v.id = ")
+        .text(id)
+        .push(" AND v.version_id = ")
+        .int(version);
     let Some(row) = load::<ResourceRow>(conn, &sql)?.pop() else {
         // Distinguish an unknown resource from an unknown version, without revealing either.
-        read(conn, gate, ty, id).map(|_| ()).or_else(|e| if matches!(e, StoreError::Gone { .. }) { Ok(()) } else { Err(e) })?;
+        read(conn, gate, ty, id).map(|_| ()).or_else(|e| {
+            if matches!(e, StoreError::Gone { .. }) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
         return Err(StoreError::NotFound);
     };
     match gate_row(gate, row, &mut HashMap::new(), true)? {
-        Decided::Visible(s) if s.deleted => Err(StoreError::Gone { version_id: s.version_id, last_updated: s.last_updated }),
+        Decided::Visible(s) if s.deleted => Err(StoreError::Gone {
+            version_id: s.version_id,
+            last_updated: s.last_updated,
+        }),
         Decided::Visible(s) => Ok(s),
         Decided::Withheld { reveal, reason } => Err(withheld(reveal, reason)),
     }
@@ -219,11 +254,27 @@ pub struct Put {
 
 #[derive(Debug, Clone)]
 pub enum WriteOp {
-    Create { put: Put, if_none_exist: Option<Vec<Filter>> },
+    Create {
+        put: Put,
+        if_none_exist: Option<Vec<Filter>>,
+    },
     /// Update by id; creates the resource with that id if it does not exist (`upsert`).
-    Update { id: String, put: Put, if_match: Option<i64>, upsert: bool },
-    ConditionalUpdate { filters: Vec<Filter>, put: Put, if_match: Option<i64> },
-    Delete { resource_type: String, id: String, if_match: Option<i64> },
+    Update {
+        id: String,
+        put: Put,
+        if_match: Option<i64>,
+        upsert: bool,
+    },
+    ConditionalUpdate {
+        filters: Vec<Filter>,
+        put: Put,
+        if_match: Option<i64>,
+    },
+    Delete {
+        resource_type: String,
+        id: String,
+        if_match: Option<i64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,15 +301,33 @@ pub fn apply(conn: &mut DbConn, gate: &Gate, op: WriteOp) -> Result<Written, Sto
             if let Some(filters) = if_none_exist {
                 match matches_for_condition(conn, gate, put.kind.name, &filters)? {
                     Matches::None => {}
-                    Matches::One(row) => return Ok(Written { stored: row, status: WriteStatus::Existing }),
-                    Matches::Many => return Err(StoreError::PreconditionFailed("If-None-Exist matched more than one resource".into())),
+                    Matches::One(row) => {
+                        return Ok(Written {
+                            stored: row,
+                            status: WriteStatus::Existing,
+                        })
+                    }
+                    Matches::Many => {
+                        return Err(StoreError::PreconditionFailed(
+                            "If-None-Exist matched more than one resource".into(),
+                        ))
+                    }
                 }
             }
             let id = uuid::Uuid::new_v4().to_string();
             insert_new(conn, gate, &id, put)
         }
-        WriteOp::Update { id, put, if_match, upsert } => update(conn, gate, &id, put, if_match, upsert),
-        WriteOp::ConditionalUpdate { filters, put, if_match } => match matches_for_condition(conn, gate, put.kind.name, &filters)? {
+        WriteOp::Update {
+            id,
+            put,
+            if_match,
+            upsert,
+        } => update(conn, gate, &id, put, if_match, upsert),
+        WriteOp::ConditionalUpdate {
+            filters,
+            put,
+            if_match,
+        } => match matches_for_condition(conn, gate, put.kind.name, &filters)? {
             Matches::None => {
                 if let Some(body_id) = put.body.get("id").and_then(Value::as_str) {
                     let id = body_id.to_string();
@@ -268,14 +337,27 @@ pub fn apply(conn: &mut DbConn, gate: &Gate, op: WriteOp) -> Result<Written, Sto
                 insert_new(conn, gate, &id, put)
             }
             Matches::One(row) => {
-                if put.body.get("id").and_then(Value::as_str).is_some_and(|b| b != row.id) {
-                    return Err(StoreError::BadRequest("the id in the body does not match the resource the condition found".into()));
+                if put
+                    .body
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|b| b != row.id)
+                {
+                    return Err(StoreError::BadRequest(
+                        "the id in the body does not match the resource the condition found".into(),
+                    ));
                 }
                 update(conn, gate, &row.id.clone(), put, if_match, false)
             }
-            Matches::Many => Err(StoreError::PreconditionFailed("the condition matched more than one resource".into())),
+            Matches::Many => Err(StoreError::PreconditionFailed(
+                "the condition matched more than one resource".into(),
+            )),
         },
-        WriteOp::Delete { resource_type, id, if_match } => delete(conn, gate, &resource_type, &id, if_match),
+        WriteOp::Delete {
+            resource_type,
+            id,
+            if_match,
+        } => delete(conn, gate, &resource_type, &id, if_match),
     }
 }
 
@@ -287,9 +369,16 @@ enum Matches {
 
 /// Resolves a conditional interaction's criteria. A match the caller may not see still blocks
 /// (creating a second record for a person would be worse), but is never returned.
-fn matches_for_condition(conn: &mut DbConn, gate: &Gate, ty: &str, filters: &[Filter]) -> Result<Matches, StoreError> {
+fn matches_for_condition(
+    conn: &mut DbConn,
+    gate: &Gate,
+    ty: &str,
+    filters: &[Filter],
+) -> Result<Matches, StoreError> {
     if filters.is_empty() {
-        return Err(StoreError::BadRequest("a conditional interaction needs at least one search criterion".into()));
+        return Err(StoreError::BadRequest(
+            "a conditional interaction needs at least one search criterion".into(),
+        ));
     }
     let mut sql = Sql::new(&format!("SELECT {COLUMNS} FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.patient_key"));
     sql.append(&where_clause(ty, filters)).push(" LIMIT 2");
@@ -300,11 +389,13 @@ fn matches_for_condition(conn: &mut DbConn, gate: &Gate, ty: &str, filters: &[Fi
             let row = rows.remove(0);
             match gate_row(gate, row, &mut HashMap::new(), true)? {
                 Decided::Visible(s) => Ok(Matches::One(s)),
-                Decided::Withheld { reveal, .. } => Err(StoreError::PreconditionFailed(if reveal {
-                    "a matching resource exists that the sharing rules withhold from you".into()
-                } else {
-                    "the condition cannot be satisfied".into()
-                })),
+                Decided::Withheld { reveal, .. } => {
+                    Err(StoreError::PreconditionFailed(if reveal {
+                        "a matching resource exists that the sharing rules withhold from you".into()
+                    } else {
+                        "the condition cannot be satisfied".into()
+                    }))
+                }
             }
         }
         _ => Ok(Matches::Many),
@@ -312,8 +403,16 @@ fn matches_for_condition(conn: &mut DbConn, gate: &Gate, ty: &str, filters: &[Fi
 }
 
 /// Sets `id` and `meta` on the validated body, keeping everything else exactly as sent.
-fn finalize(body: Value, ty: &str, id: &str, version: i64, last_updated: i64) -> Result<String, StoreError> {
-    let Value::Object(map) = body else { return Err(StoreError::BadRequest("a resource is a JSON object".into())) };
+fn finalize(
+    body: Value,
+    ty: &str,
+    id: &str,
+    version: i64,
+    last_updated: i64,
+) -> Result<String, StoreError> {
+    let Value::Object(map) = body else {
+        return Err(StoreError::BadRequest("a resource is a JSON object".into()));
+    };
     let mut out = Map::with_capacity(map.len() + 2);
     out.insert("resourceType".into(), Value::String(ty.to_string()));
     out.insert("id".into(), Value::String(id.to_string()));
@@ -322,7 +421,10 @@ fn finalize(body: Value, ty: &str, id: &str, version: i64, last_updated: i64) ->
         _ => Map::new(),
     };
     meta.insert("versionId".into(), Value::String(version.to_string()));
-    meta.insert("lastUpdated".into(), Value::String(date::format_instant(last_updated)));
+    meta.insert(
+        "lastUpdated".into(),
+        Value::String(date::format_instant(last_updated)),
+    );
     out.insert("meta".into(), Value::Object(meta));
     for (k, v) in map {
         if k != "resourceType" && k != "id" && k != "meta" {
@@ -345,17 +447,27 @@ struct KeyRow {
 }
 
 /// Resolves the patient key of a resource being written.
-fn resolve_patient(conn: &mut DbConn, kind: &ResourceKind, link: &PatientLink, id: &str) -> Result<Option<String>, StoreError> {
+fn resolve_patient(
+    conn: &mut DbConn,
+    kind: &ResourceKind,
+    link: &PatientLink,
+    id: &str,
+) -> Result<Option<String>, StoreError> {
     let element = kind.patient_elements.first().copied().unwrap_or("subject");
     let path = format!("{}.{element}", kind.name);
     match link {
         PatientLink::None => Ok(None),
         PatientLink::SelfPatient(_) => Ok(Some(id.to_string())),
         PatientLink::Patient(pid) => {
-            let mut sql = Sql::new("SELECT id FROM resource WHERE res_type = 'Patient' AND deleted = FALSE AND id = ");
+            let mut sql = Sql::new(
+                "SELECT id FROM resource WHERE res_type = 'Patient' AND deleted = FALSE AND id = ",
+            );
             sql.text(pid.clone());
             if load::<IdRow>(conn, &sql)?.is_empty() {
-                return Err(StoreError::unprocessable(path, format!("Patient/{pid} does not exist")));
+                return Err(StoreError::unprocessable(
+                    path,
+                    format!("Patient/{pid} does not exist"),
+                ));
             }
             Ok(Some(pid.clone()))
         }
@@ -363,21 +475,38 @@ fn resolve_patient(conn: &mut DbConn, kind: &ResourceKind, link: &PatientLink, i
             let ids = patients_by_nhs(conn, n)?;
             match ids.as_slice() {
                 [one] => Ok(Some(one.clone())),
-                [] => Err(StoreError::unprocessable(path, format!("no Patient has NHS number {n}"))),
-                _ => Err(StoreError::unprocessable(path, format!("NHS number {n} matches more than one Patient; refusing to guess"))),
+                [] => Err(StoreError::unprocessable(
+                    path,
+                    format!("no Patient has NHS number {n}"),
+                )),
+                _ => Err(StoreError::unprocessable(
+                    path,
+                    format!("NHS number {n} matches more than one Patient; refusing to guess"),
+                )),
             }
         }
-        PatientLink::Via { resource_type, id: target } => {
+        PatientLink::Via {
+            resource_type,
+            id: target,
+        } => {
             let mut sql = Sql::new("SELECT patient_key FROM resource WHERE res_type = ");
-            sql.text(resource_type.clone()).push(" AND id = ").text(target.clone());
+            sql.text(resource_type.clone())
+                .push(" AND id = ")
+                .text(target.clone());
             match load::<KeyRow>(conn, &sql)?.pop() {
                 Some(k) => Ok(k.patient_key),
-                None => Err(StoreError::unprocessable(path, format!("{resource_type}/{target} does not exist"))),
+                None => Err(StoreError::unprocessable(
+                    path,
+                    format!("{resource_type}/{target} does not exist"),
+                )),
             }
         }
         PatientLink::Missing => Err(StoreError::unprocessable(
             path,
-            format!("a {} must reference the Patient it is about ({}.{element})", kind.name, kind.name),
+            format!(
+                "a {} must reference the Patient it is about ({}.{element})",
+                kind.name, kind.name
+            ),
         )),
     }
 }
@@ -385,8 +514,14 @@ fn resolve_patient(conn: &mut DbConn, kind: &ResourceKind, link: &PatientLink, i
 /// Live Patient ids carrying this NHS number.
 pub fn patients_by_nhs(conn: &mut DbConn, n: &NhsNumber) -> Result<Vec<String>, StoreError> {
     let mut sql = Sql::new("SELECT t.id FROM search_token t JOIN resource r ON r.res_type = t.res_type AND r.id = t.id WHERE t.res_type = 'Patient' AND t.param = 'identifier' AND t.system = ");
-    sql.text(NhsNumber::SYSTEM).push(" AND t.code = ").text(n.as_str()).push(" AND r.deleted = FALSE");
-    Ok(load::<IdRow>(conn, &sql)?.into_iter().map(|r| r.id).collect())
+    sql.text(NhsNumber::SYSTEM)
+        .push(" AND t.code = ")
+        .text(n.as_str())
+        .push(" AND r.deleted = FALSE");
+    Ok(load::<IdRow>(conn, &sql)?
+        .into_iter()
+        .map(|r| r.id)
+        .collect())
 }
 
 /// One record per person: an NHS number may belong to one live Patient only.
@@ -394,10 +529,19 @@ fn check_unique_person(conn: &mut DbConn, put: &Put, id: &str) -> Result<(), Sto
     if put.kind.name != "Patient" {
         return Ok(());
     }
-    for t in put.index.tokens.iter().filter(|t| t.param == "identifier" && t.system == NhsNumber::SYSTEM) {
-        let Ok(n) = NhsNumber::parse(&t.code) else { continue };
+    for t in put
+        .index
+        .tokens
+        .iter()
+        .filter(|t| t.param == "identifier" && t.system == NhsNumber::SYSTEM)
+    {
+        let Ok(n) = NhsNumber::parse(&t.code) else {
+            continue;
+        };
         if let Some(other) = patients_by_nhs(conn, &n)?.into_iter().find(|o| o != id) {
-            return Err(StoreError::Conflict(format!("NHS number {n} already belongs to Patient/{other}: one record per person")));
+            return Err(StoreError::Conflict(format!(
+                "NHS number {n} already belongs to Patient/{other}: one record per person"
+            )));
         }
     }
     Ok(())
@@ -420,16 +564,48 @@ fn insert_new(conn: &mut DbConn, gate: &Gate, id: &str, put: Put) -> Result<Writ
     let index = index_with_link(&put, key.as_deref());
     let content = finalize(put.body, put.kind.name, id, 1, now)?;
     let mut sql = Sql::new("INSERT INTO resource (res_type, id, version_id, patient_key, writer_org, deleted, last_updated, content) VALUES (");
-    sql.text(put.kind.name).push(", ").text(id).push(", 1, ").bind(Bind::OptText(key.clone())).push(", ").text(org.clone());
-    sql.push(", FALSE, ").int(now).push(", ").text(content.clone()).push(")");
+    sql.text(put.kind.name)
+        .push(", ")
+        .text(id)
+        .push(", 1, ")
+        .bind(Bind::OptText(key.clone()))
+        .push(", ")
+        .text(org.clone());
+    sql.push(", FALSE, ")
+        .int(now)
+        .push(", ")
+        .text(content.clone())
+        .push(")");
     execute(conn, &sql)?;
-    insert_version(conn, put.kind.name, id, 1, key.as_deref(), &org, false, now, put.method, &content)?;
+    insert_version(
+        conn,
+        put.kind.name,
+        id,
+        1,
+        key.as_deref(),
+        &org,
+        false,
+        now,
+        put.method,
+        &content,
+    )?;
     insert_index(conn, put.kind.name, id, &index)?;
     if let Some(k) = &key {
         facts::after_write(conn, k, put.kind.name, Some(&org))?;
     }
-    let stored = Stored { resource_type: put.kind.name.to_string(), id: id.to_string(), version_id: 1, last_updated: now, deleted: false, patient_key: key, content };
-    Ok(Written { stored, status: WriteStatus::Created })
+    let stored = Stored {
+        resource_type: put.kind.name.to_string(),
+        id: id.to_string(),
+        version_id: 1,
+        last_updated: now,
+        deleted: false,
+        patient_key: key,
+        content,
+    };
+    Ok(Written {
+        stored,
+        status: WriteStatus::Created,
+    })
 }
 
 /// A resource that names its patient by NHS number (or through another resource) is indexed
@@ -442,7 +618,11 @@ fn index_with_link(put: &Put, key: Option<&str>) -> IndexRows {
             params.push("subject");
         }
         for p in params {
-            let row = epaccs_fhir::search::RefRow { param: p.to_string(), target_type: "Patient".into(), target_id: k.to_string() };
+            let row = epaccs_fhir::search::RefRow {
+                param: p.to_string(),
+                target_type: "Patient".into(),
+                target_id: k.to_string(),
+            };
             if !rows.references.contains(&row) {
                 rows.references.push(row);
             }
@@ -458,10 +638,20 @@ fn deny_write(d: Decision) -> Result<(), StoreError> {
     }
 }
 
-fn update(conn: &mut DbConn, gate: &Gate, id: &str, put: Put, if_match: Option<i64>, upsert: bool) -> Result<Written, StoreError> {
+fn update(
+    conn: &mut DbConn,
+    gate: &Gate,
+    id: &str,
+    put: Put,
+    if_match: Option<i64>,
+    upsert: bool,
+) -> Result<Written, StoreError> {
     let Some(current) = current_row(conn, put.kind.name, id)? else {
         if if_match.is_some() {
-            return Err(StoreError::PreconditionFailed(format!("{}/{id} does not exist, so If-Match cannot match", put.kind.name)));
+            return Err(StoreError::PreconditionFailed(format!(
+                "{}/{id} does not exist, so If-Match cannot match",
+                put.kind.name
+            )));
         }
         if !upsert {
             return Err(StoreError::NotFound);
@@ -474,7 +664,12 @@ fn update(conn: &mut DbConn, gate: &Gate, id: &str, put: Put, if_match: Option<i
         return insert_new(conn, gate, id, put);
     };
     let facts = parse_facts(current.facts.as_deref())?;
-    let decision = gate.check_write(current.patient_key.as_deref().map(|k| (k, &facts)), put.kind.name, id, Some(&current.writer_org));
+    let decision = gate.check_write(
+        current.patient_key.as_deref().map(|k| (k, &facts)),
+        put.kind.name,
+        id,
+        Some(&current.writer_org),
+    );
     deny_write(decision)?;
     if let Some(expected) = if_match {
         if expected != current.version_id {
@@ -498,26 +693,74 @@ fn update(conn: &mut DbConn, gate: &Gate, id: &str, put: Put, if_match: Option<i
     let index = index_with_link(&put, key.as_deref());
     let content = finalize(put.body, put.kind.name, id, version, now)?;
     let mut sql = Sql::new("UPDATE resource SET version_id = ");
-    sql.int(version).push(", patient_key = ").bind(Bind::OptText(key.clone())).push(", writer_org = ").text(org.clone());
-    sql.push(", deleted = FALSE, last_updated = ").int(now).push(", content = ").text(content.clone());
-    sql.push(" WHERE res_type = ").text(put.kind.name).push(" AND id = ").text(id).push(" AND version_id = ").int(current.version_id);
+    sql.int(version)
+        .push(", patient_key = ")
+        .bind(Bind::OptText(key.clone()))
+        .push(", writer_org = ")
+        .text(org.clone());
+    sql.push(", deleted = FALSE, last_updated = ")
+        .int(now)
+        .push(", content = ")
+        .text(content.clone());
+    sql.push(" WHERE res_type = ")
+        .text(put.kind.name)
+        .push(" AND id = ")
+        .text(id)
+        .push(" AND version_id = ")
+        .int(current.version_id);
     if execute(conn, &sql)? != 1 {
-        return Err(StoreError::Conflict(format!("{}/{id} was changed by a concurrent write; retry", put.kind.name)));
+        return Err(StoreError::Conflict(format!(
+            "{}/{id} was changed by a concurrent write; retry",
+            put.kind.name
+        )));
     }
-    insert_version(conn, put.kind.name, id, version, key.as_deref(), &org, false, now, put.method, &content)?;
+    insert_version(
+        conn,
+        put.kind.name,
+        id,
+        version,
+        key.as_deref(),
+        &org,
+        false,
+        now,
+        put.method,
+        &content,
+    )?;
     delete_index(conn, put.kind.name, id)?;
     insert_index(conn, put.kind.name, id, &index)?;
     if let Some(k) = &key {
         facts::after_write(conn, k, put.kind.name, Some(&org))?;
     }
-    let stored = Stored { resource_type: put.kind.name.to_string(), id: id.to_string(), version_id: version, last_updated: now, deleted: false, patient_key: key, content };
-    Ok(Written { stored, status: WriteStatus::Updated })
+    let stored = Stored {
+        resource_type: put.kind.name.to_string(),
+        id: id.to_string(),
+        version_id: version,
+        last_updated: now,
+        deleted: false,
+        patient_key: key,
+        content,
+    };
+    Ok(Written {
+        stored,
+        status: WriteStatus::Updated,
+    })
 }
 
-fn delete(conn: &mut DbConn, gate: &Gate, ty: &str, id: &str, if_match: Option<i64>) -> Result<Written, StoreError> {
+fn delete(
+    conn: &mut DbConn,
+    gate: &Gate,
+    ty: &str,
+    id: &str,
+    if_match: Option<i64>,
+) -> Result<Written, StoreError> {
     let current = current_row(conn, ty, id)?.ok_or(StoreError::NotFound)?;
     let facts = parse_facts(current.facts.as_deref())?;
-    let decision = gate.check_write(current.patient_key.as_deref().map(|k| (k, &facts)), ty, id, Some(&current.writer_org));
+    let decision = gate.check_write(
+        current.patient_key.as_deref().map(|k| (k, &facts)),
+        ty,
+        id,
+        Some(&current.writer_org),
+    );
     deny_write(decision)?;
     if let Some(expected) = if_match {
         if expected != current.version_id {
@@ -528,18 +771,43 @@ fn delete(conn: &mut DbConn, gate: &Gate, ty: &str, id: &str, if_match: Option<i
         }
     }
     if current.deleted {
-        return Ok(Written { stored: current.stored(), status: WriteStatus::AlreadyDeleted });
+        return Ok(Written {
+            stored: current.stored(),
+            status: WriteStatus::AlreadyDeleted,
+        });
     }
     let now = date::now_micros().max(current.last_updated + 1);
     let version = current.version_id + 1;
     let org = gate.principal().org.to_string();
     let mut sql = Sql::new("UPDATE resource SET version_id = ");
-    sql.int(version).push(", deleted = TRUE, last_updated = ").int(now).push(", writer_org = ").text(org.clone());
-    sql.push(" WHERE res_type = ").text(ty).push(" AND id = ").text(id).push(" AND version_id = ").int(current.version_id);
+    sql.int(version)
+        .push(", deleted = TRUE, last_updated = ")
+        .int(now)
+        .push(", writer_org = ")
+        .text(org.clone());
+    sql.push(" WHERE res_type = ")
+        .text(ty)
+        .push(" AND id = ")
+        .text(id)
+        .push(" AND version_id = ")
+        .int(current.version_id);
     if execute(conn, &sql)? != 1 {
-        return Err(StoreError::Conflict(format!("{ty}/{id} was changed by a concurrent write; retry")));
+        return Err(StoreError::Conflict(format!(
+            "{ty}/{id} was changed by a concurrent write; retry"
+        )));
     }
-    insert_version(conn, ty, id, version, current.patient_key.as_deref(), &org, true, now, "DELETE", &current.content)?;
+    insert_version(
+        conn,
+        ty,
+        id,
+        version,
+        current.patient_key.as_deref(),
+        &org,
+        true,
+        now,
+        "DELETE",
+        &current.content,
+    )?;
     delete_index(conn, ty, id)?;
     if let Some(k) = &current.patient_key {
         facts::after_write(conn, k, ty, None)?;
@@ -548,20 +816,56 @@ fn delete(conn: &mut DbConn, gate: &Gate, ty: &str, id: &str, if_match: Option<i
     stored.version_id = version;
     stored.last_updated = now;
     stored.deleted = true;
-    Ok(Written { stored, status: WriteStatus::Deleted })
+    Ok(Written {
+        stored,
+        status: WriteStatus::Deleted,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
-fn insert_version(conn: &mut DbConn, ty: &str, id: &str, version: i64, key: Option<&str>, org: &str, deleted: bool, now: i64, method: &str, content: &str) -> Result<(), StoreError> {
+fn insert_version(
+    conn: &mut DbConn,
+    ty: &str,
+    id: &str,
+    version: i64,
+    key: Option<&str>,
+    org: &str,
+    deleted: bool,
+    now: i64,
+    method: &str,
+    content: &str,
+) -> Result<(), StoreError> {
     let mut sql = Sql::new("INSERT INTO resource_version (res_type, id, version_id, patient_key, writer_org, deleted, last_updated, method, content) VALUES (");
-    sql.text(ty).push(", ").text(id).push(", ").int(version).push(", ").bind(Bind::OptText(key.map(str::to_string)));
-    sql.push(", ").text(org).push(", ").bind(Bind::Bool(deleted)).push(", ").int(now).push(", ").text(method).push(", ").text(content).push(")");
+    sql.text(ty)
+        .push(", ")
+        .text(id)
+        .push(", ")
+        .int(version)
+        .push(", ")
+        .bind(Bind::OptText(key.map(str::to_string)));
+    sql.push(", ")
+        .text(org)
+        .push(", ")
+        .bind(Bind::Bool(deleted))
+        .push(", ")
+        .int(now)
+        .push(", ")
+        .text(method)
+        .push(", ")
+        .text(content)
+        .push(")");
     execute(conn, &sql)?;
     Ok(())
 }
 
 fn delete_index(conn: &mut DbConn, ty: &str, id: &str) -> Result<(), StoreError> {
-    for table in ["search_token", "search_string", "search_date", "search_reference", "search_quantity"] {
+    for table in [
+        "search_token",
+        "search_string",
+        "search_date",
+        "search_reference",
+        "search_quantity",
+    ] {
         let mut sql = Sql::new(&format!("DELETE FROM {table} WHERE res_type = "));
         sql.text(ty).push(" AND id = ").text(id);
         execute(conn, &sql)?;
@@ -571,7 +875,14 @@ fn delete_index(conn: &mut DbConn, ty: &str, id: &str) -> Result<(), StoreError>
 
 /// Writes index rows as multi-row INSERTs, one statement per table (in chunks).
 fn insert_index(conn: &mut DbConn, ty: &str, id: &str, rows: &IndexRows) -> Result<(), StoreError> {
-    fn multi<T>(conn: &mut DbConn, head: &str, items: &[T], ty: &str, id: &str, each: impl Fn(&mut Sql, &T)) -> Result<(), StoreError> {
+    fn multi<T>(
+        conn: &mut DbConn,
+        head: &str,
+        items: &[T],
+        ty: &str,
+        id: &str,
+        each: impl Fn(&mut Sql, &T),
+    ) -> Result<(), StoreError> {
         for chunk in items.chunks(100) {
             let mut sql = Sql::new(head);
             for (i, item) in chunk.iter().enumerate() {
@@ -584,26 +895,94 @@ fn insert_index(conn: &mut DbConn, ty: &str, id: &str, rows: &IndexRows) -> Resu
         }
         Ok(())
     }
-    multi(conn, "INSERT INTO search_token (res_type, id, param, system, code) VALUES", &rows.tokens, ty, id, |s, t| {
-        s.push(", ").text(t.param.clone()).push(", ").text(t.system.clone()).push(", ").text(t.code.clone());
-    })?;
-    multi(conn, "INSERT INTO search_string (res_type, id, param, value, raw) VALUES", &rows.strings, ty, id, |s, t| {
-        s.push(", ").text(t.param.clone()).push(", ").text(t.value.clone()).push(", ").text(t.raw.clone());
-    })?;
-    multi(conn, "INSERT INTO search_date (res_type, id, param, low, high) VALUES", &rows.dates, ty, id, |s, t| {
-        s.push(", ").text(t.param.clone()).push(", ").int(t.low).push(", ").int(t.high);
-    })?;
-    multi(conn, "INSERT INTO search_reference (res_type, id, param, target_type, target_id) VALUES", &rows.references, ty, id, |s, t| {
-        s.push(", ").text(t.param.clone()).push(", ").text(t.target_type.clone()).push(", ").text(t.target_id.clone());
-    })?;
-    multi(conn, "INSERT INTO search_quantity (res_type, id, param, value, system, code) VALUES", &rows.quantities, ty, id, |s, t| {
-        s.push(", ").text(t.param.clone()).push(", ").bind(Bind::Float(t.value)).push(", ").text(t.system.clone()).push(", ").text(t.code.clone());
-    })?;
+    multi(
+        conn,
+        "INSERT INTO search_token (res_type, id, param, system, code) VALUES",
+        &rows.tokens,
+        ty,
+        id,
+        |s, t| {
+            s.push(", ")
+                .text(t.param.clone())
+                .push(", ")
+                .text(t.system.clone())
+                .push(", ")
+                .text(t.code.clone());
+        },
+    )?;
+    multi(
+        conn,
+        "INSERT INTO search_string (res_type, id, param, value, raw) VALUES",
+        &rows.strings,
+        ty,
+        id,
+        |s, t| {
+            s.push(", ")
+                .text(t.param.clone())
+                .push(", ")
+                .text(t.value.clone())
+                .push(", ")
+                .text(t.raw.clone());
+        },
+    )?;
+    multi(
+        conn,
+        "INSERT INTO search_date (res_type, id, param, low, high) VALUES",
+        &rows.dates,
+        ty,
+        id,
+        |s, t| {
+            s.push(", ")
+                .text(t.param.clone())
+                .push(", ")
+                .int(t.low)
+                .push(", ")
+                .int(t.high);
+        },
+    )?;
+    multi(
+        conn,
+        "INSERT INTO search_reference (res_type, id, param, target_type, target_id) VALUES",
+        &rows.references,
+        ty,
+        id,
+        |s, t| {
+            s.push(", ")
+                .text(t.param.clone())
+                .push(", ")
+                .text(t.target_type.clone())
+                .push(", ")
+                .text(t.target_id.clone());
+        },
+    )?;
+    multi(
+        conn,
+        "INSERT INTO search_quantity (res_type, id, param, value, system, code) VALUES",
+        &rows.quantities,
+        ty,
+        id,
+        |s, t| {
+            s.push(", ")
+                .text(t.param.clone())
+                .push(", ")
+                .bind(Bind::Float(t.value))
+                .push(", ")
+                .text(t.system.clone())
+                .push(", ")
+                .text(t.code.clone());
+        },
+    )?;
     Ok(())
 }
 
 /// Live resources in a person's record (for `$everything` and the emergency summary), gated.
-pub fn compartment(conn: &mut DbConn, gate: &Gate, patient_key: &str, types: &[&str], since: Option<i64>) -> Result<(Vec<Stored>, usize), StoreError> {
+pub fn compartment(
+    conn: &mut DbConn,
+    gate: &Gate,
+    patient_key: &str,
+    types: &[&str],
+    since: Option<i64>,
+) -> Result<(Vec<Stored>, usize), StoreError> {
     let mut sql = Sql::new(&format!("SELECT {COLUMNS} FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.patient_key WHERE r.patient_key = "));
     sql.text(patient_key).push(" AND r.deleted = FALSE");
     if !types.is_empty() {
@@ -636,11 +1015,20 @@ pub fn compartment(conn: &mut DbConn, gate: &Gate, patient_key: &str, types: &[&
 /// Live Patient ids whose family name, birth date and postcode all match exactly (after
 /// folding case, accents and spaces). Not gated: the caller uses the count to refuse to guess
 /// between people, and gates the single match before showing anything.
-pub fn patients_by_demographics(conn: &mut DbConn, family: &str, birth: epaccs_fhir::date::Range, postcode: &str) -> Result<Vec<String>, StoreError> {
-    let mut sql = Sql::new("SELECT r.id FROM resource r WHERE r.res_type = 'Patient' AND r.deleted = FALSE");
+pub fn patients_by_demographics(
+    conn: &mut DbConn,
+    family: &str,
+    birth: epaccs_fhir::date::Range,
+    postcode: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut sql =
+        Sql::new("SELECT r.id FROM resource r WHERE r.res_type = 'Patient' AND r.deleted = FALSE");
     sql.push(" AND r.id IN (SELECT id FROM search_string WHERE res_type = 'Patient' AND param = 'family' AND value = ").text(family).push(")");
     sql.push(" AND r.id IN (SELECT id FROM search_date WHERE res_type = 'Patient' AND param = 'birthdate' AND low = ").int(birth.low);
     sql.push(" AND high = ").int(birth.high).push(")");
     sql.push(" AND r.id IN (SELECT id FROM search_string WHERE res_type = 'Patient' AND param = 'address-postalcode' AND value = ").text(postcode).push(")");
-    Ok(load::<IdRow>(conn, &sql)?.into_iter().map(|r| r.id).collect())
+    Ok(load::<IdRow>(conn, &sql)?
+        .into_iter()
+        .map(|r| r.id)
+        .collect())
 }

@@ -33,7 +33,10 @@ fn token_cond(sql: &mut Sql, v: &TokenValue) {
             sql.push("code = ").text(c.clone());
         }
         (Some(s), Some(c)) => {
-            sql.push("code = ").text(c.clone()).push(" AND system = ").text(s.clone());
+            sql.push("code = ")
+                .text(c.clone())
+                .push(" AND system = ")
+                .text(s.clone());
         }
         (Some(s), None) => {
             sql.push("system = ").text(s.clone());
@@ -49,15 +52,28 @@ fn date_cond(sql: &mut Sql, low: &str, high: &str, v: &DateValue) {
     let (ql, qh) = (v.range.low, v.range.high);
     sql.push("(");
     match v.prefix {
-        Prefix::Eq => sql.push(&format!("{low} >= ")).int(ql).push(&format!(" AND {high} <= ")).int(qh),
-        Prefix::Ne => sql.push(&format!("NOT ({low} >= ")).int(ql).push(&format!(" AND {high} <= ")).int(qh).push(")"),
+        Prefix::Eq => sql
+            .push(&format!("{low} >= "))
+            .int(ql)
+            .push(&format!(" AND {high} <= "))
+            .int(qh),
+        Prefix::Ne => sql
+            .push(&format!("NOT ({low} >= "))
+            .int(ql)
+            .push(&format!(" AND {high} <= "))
+            .int(qh)
+            .push(")"),
         Prefix::Gt => sql.push(&format!("{high} > ")).int(qh),
         Prefix::Lt => sql.push(&format!("{low} < ")).int(ql),
         Prefix::Ge => sql.push(&format!("{high} > ")).int(ql),
         Prefix::Le => sql.push(&format!("{low} < ")).int(qh),
         Prefix::Sa => sql.push(&format!("{low} >= ")).int(qh),
         Prefix::Eb => sql.push(&format!("{high} <= ")).int(ql),
-        Prefix::Ap => sql.push(&format!("{low} < ")).int(qh).push(&format!(" AND {high} > ")).int(ql),
+        Prefix::Ap => sql
+            .push(&format!("{low} < "))
+            .int(qh)
+            .push(&format!(" AND {high} > "))
+            .int(ql),
     };
     sql.push(")");
 }
@@ -79,26 +95,48 @@ fn id_subquery(ty: &str, f: &Filter) -> (Sql, bool) {
     let mut negate = false;
     match f {
         Filter::Id(ids) => {
-            s.push("SELECT id FROM resource WHERE res_type = ").text(ty).push(" AND deleted = FALSE AND ");
+            s.push("SELECT id FROM resource WHERE res_type = ")
+                .text(ty)
+                .push(" AND deleted = FALSE AND ");
             or_join(&mut s, ids, |s, id| {
                 s.push("id = ").text(id.clone());
             });
         }
         Filter::LastUpdated(values) => {
-            s.push("SELECT id FROM resource WHERE res_type = ").text(ty).push(" AND deleted = FALSE AND ");
-            or_join(&mut s, values, |s, v| date_cond(s, "last_updated", "(last_updated + 1)", v));
+            s.push("SELECT id FROM resource WHERE res_type = ")
+                .text(ty)
+                .push(" AND deleted = FALSE AND ");
+            or_join(&mut s, values, |s, v| {
+                date_cond(s, "last_updated", "(last_updated + 1)", v)
+            });
         }
         Filter::Token { param, values, not } => {
             negate = *not;
-            s.push("SELECT id FROM search_token WHERE res_type = ").text(ty).push(" AND param = ").text(param.clone()).push(" AND ");
+            s.push("SELECT id FROM search_token WHERE res_type = ")
+                .text(ty)
+                .push(" AND param = ")
+                .text(param.clone())
+                .push(" AND ");
             or_join(&mut s, values, token_cond);
         }
         Filter::RefIdentifier { param, values } => {
-            s.push("SELECT id FROM search_token WHERE res_type = ").text(ty).push(" AND param = ").text(format!("{param}:identifier")).push(" AND ");
+            s.push("SELECT id FROM search_token WHERE res_type = ")
+                .text(ty)
+                .push(" AND param = ")
+                .text(format!("{param}:identifier"))
+                .push(" AND ");
             or_join(&mut s, values, token_cond);
         }
-        Filter::String { param, values, mode } => {
-            s.push("SELECT id FROM search_string WHERE res_type = ").text(ty).push(" AND param = ").text(param.clone()).push(" AND ");
+        Filter::String {
+            param,
+            values,
+            mode,
+        } => {
+            s.push("SELECT id FROM search_string WHERE res_type = ")
+                .text(ty)
+                .push(" AND param = ")
+                .text(param.clone())
+                .push(" AND ");
             or_join(&mut s, values, |s, v| match mode {
                 StringMode::StartsWith => {
                     s.push("value LIKE ").text(format!("{v}%"));
@@ -112,11 +150,19 @@ fn id_subquery(ty: &str, f: &Filter) -> (Sql, bool) {
             });
         }
         Filter::Date { param, values } => {
-            s.push("SELECT id FROM search_date WHERE res_type = ").text(ty).push(" AND param = ").text(param.clone()).push(" AND ");
+            s.push("SELECT id FROM search_date WHERE res_type = ")
+                .text(ty)
+                .push(" AND param = ")
+                .text(param.clone())
+                .push(" AND ");
             or_join(&mut s, values, |s, v| date_cond(s, "low", "high", v));
         }
         Filter::Reference { param, values } => {
-            s.push("SELECT id FROM search_reference WHERE res_type = ").text(ty).push(" AND param = ").text(param.clone()).push(" AND ");
+            s.push("SELECT id FROM search_reference WHERE res_type = ")
+                .text(ty)
+                .push(" AND param = ")
+                .text(param.clone())
+                .push(" AND ");
             or_join(&mut s, values, |s, v| {
                 s.push("(target_id = ").text(v.id.clone());
                 if let Some(t) = &v.target_type {
@@ -126,7 +172,11 @@ fn id_subquery(ty: &str, f: &Filter) -> (Sql, bool) {
             });
         }
         Filter::Quantity { param, values } => {
-            s.push("SELECT id FROM search_quantity WHERE res_type = ").text(ty).push(" AND param = ").text(param.clone()).push(" AND ");
+            s.push("SELECT id FROM search_quantity WHERE res_type = ")
+                .text(ty)
+                .push(" AND param = ")
+                .text(param.clone())
+                .push(" AND ");
             or_join(&mut s, values, |s, v| {
                 let op = match v.prefix {
                     Prefix::Eq | Prefix::Ap => "=",
@@ -146,14 +196,29 @@ fn id_subquery(ty: &str, f: &Filter) -> (Sql, bool) {
                 s.push(")");
             });
         }
-        Filter::Chain { param, target_type, inner } => {
+        Filter::Chain {
+            param,
+            target_type,
+            inner,
+        } => {
             let (inner_sql, inner_neg) = id_subquery(target_type, inner);
-            s.push("SELECT id FROM search_reference WHERE res_type = ").text(ty).push(" AND param = ").text(param.clone());
+            s.push("SELECT id FROM search_reference WHERE res_type = ")
+                .text(ty)
+                .push(" AND param = ")
+                .text(param.clone());
             s.push(" AND target_type = ").text(target_type.clone());
-            s.push(if inner_neg { " AND target_id NOT IN (" } else { " AND target_id IN (" });
+            s.push(if inner_neg {
+                " AND target_id NOT IN ("
+            } else {
+                " AND target_id IN ("
+            });
             s.append(&inner_sql).push(")");
         }
-        Filter::Missing { param, kind, missing } => {
+        Filter::Missing {
+            param,
+            kind,
+            missing,
+        } => {
             let table = match kind {
                 ParamType::Token => "search_token",
                 ParamType::String => "search_string",
@@ -161,7 +226,10 @@ fn id_subquery(ty: &str, f: &Filter) -> (Sql, bool) {
                 ParamType::Reference => "search_reference",
                 ParamType::Quantity => "search_quantity",
             };
-            s.push(&format!("SELECT id FROM {table} WHERE res_type = ")).text(ty).push(" AND param = ").text(param.clone());
+            s.push(&format!("SELECT id FROM {table} WHERE res_type = "))
+                .text(ty)
+                .push(" AND param = ")
+                .text(param.clone());
             negate = *missing;
         }
     }
@@ -174,7 +242,11 @@ pub(crate) fn where_clause(ty: &str, filters: &[Filter]) -> Sql {
     w.text(ty).push(" AND r.deleted = FALSE");
     for f in filters {
         let (sub, negate) = id_subquery(ty, f);
-        w.push(if negate { " AND r.id NOT IN (" } else { " AND r.id IN (" });
+        w.push(if negate {
+            " AND r.id NOT IN ("
+        } else {
+            " AND r.id IN ("
+        });
         w.append(&sub).push(")");
     }
     w
@@ -198,15 +270,21 @@ struct Cursor {
 }
 
 fn encode_cursor(r: &SortedRow) -> String {
-    let c = Cursor { i: r.sv_int, t: r.sv_text.clone(), id: r.res.id.clone() };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap_or_default())
+    let c = Cursor {
+        i: r.sv_int,
+        t: r.sv_text.clone(),
+        id: r.res.id.clone(),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&c).unwrap_or_default())
 }
 
 fn decode_cursor(s: &str) -> Result<Cursor, StoreError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
         .map_err(|_| StoreError::BadRequest("the paging cursor is not valid".into()))?;
-    serde_json::from_slice(&bytes).map_err(|_| StoreError::BadRequest("the paging cursor is not valid".into()))
+    serde_json::from_slice(&bytes)
+        .map_err(|_| StoreError::BadRequest("the paging cursor is not valid".into()))
 }
 
 /// The sort value expression: (int expression, text expression), one of them NULL.
@@ -222,7 +300,11 @@ fn sort_exprs(q: &Query) -> (String, String, bool) {
             let code = code.replace('\'', "");
             match kind {
                 ParamType::Date => {
-                    let (agg, sentinel) = if desc { ("MAX", date::MIN) } else { ("MIN", date::MAX) };
+                    let (agg, sentinel) = if desc {
+                        ("MAX", date::MIN)
+                    } else {
+                        ("MIN", date::MAX)
+                    };
                     (
                         format!("COALESCE((SELECT {agg}(d.low) FROM search_date d WHERE d.res_type = r.res_type AND d.id = r.id AND d.param = '{code}'), {sentinel})"),
                         "NULL".to_string(),
@@ -245,7 +327,12 @@ fn sort_exprs(q: &Query) -> (String, String, bool) {
 const ROW_COLUMNS: &str = "r.res_type, r.id, r.version_id, r.patient_key, r.writer_org, r.deleted, r.last_updated, r.content, pa.facts";
 
 /// Runs a search for `ty`, gated row by row.
-pub fn search(conn: &mut DbConn, gate: &Gate, ty: &str, q: &Query) -> Result<SearchPage, StoreError> {
+pub fn search(
+    conn: &mut DbConn,
+    gate: &Gate,
+    ty: &str,
+    q: &Query,
+) -> Result<SearchPage, StoreError> {
     let page_size = q.page_size();
     let (int_e, text_e, desc) = sort_exprs(q);
     let mut cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
@@ -257,23 +344,43 @@ pub fn search(conn: &mut DbConn, gate: &Gate, ty: &str, q: &Query) -> Result<Sea
             let mut sql = Sql::new(&format!("SELECT * FROM (SELECT {ROW_COLUMNS}, {int_e} AS sv_int, {text_e} AS sv_text FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.patient_key"));
             sql.append(&where_clause(ty, &q.filters)).push(") s");
             if let Some(c) = &cursor {
-                let (gt, col) = (if desc { "<" } else { ">" }, if c.i.is_some() { "s.sv_int" } else { "s.sv_text" });
+                let (gt, col) = (
+                    if desc { "<" } else { ">" },
+                    if c.i.is_some() {
+                        "s.sv_int"
+                    } else {
+                        "s.sv_text"
+                    },
+                );
                 let sv = match (&c.i, &c.t) {
                     (Some(i), _) => Bind::Int(*i),
                     (None, Some(t)) => Bind::Text(t.clone()),
                     (None, None) => Bind::Text(String::new()),
                 };
                 sql.push(&format!(" WHERE ({col} {gt} ")).bind(sv.clone());
-                sql.push(&format!(" OR ({col} = ")).bind(sv).push(&format!(" AND s.id {gt} ")).text(c.id.clone()).push("))");
+                sql.push(&format!(" OR ({col} = "))
+                    .bind(sv)
+                    .push(&format!(" AND s.id {gt} "))
+                    .text(c.id.clone())
+                    .push("))");
             }
             let dir = if desc { "DESC" } else { "ASC" };
-            let col = if int_e == "NULL" { "s.sv_text" } else { "s.sv_int" };
-            sql.push(&format!(" ORDER BY {col} {dir}, s.id {dir} LIMIT ")).int(batch);
+            let col = if int_e == "NULL" {
+                "s.sv_text"
+            } else {
+                "s.sv_int"
+            };
+            sql.push(&format!(" ORDER BY {col} {dir}, s.id {dir} LIMIT "))
+                .int(batch);
             let rows: Vec<SortedRow> = load(conn, &sql)?;
             let exhausted = (rows.len() as i64) < batch;
             for r in rows {
                 let position = encode_cursor(&r);
-                cursor = Some(Cursor { i: r.sv_int, t: r.sv_text.clone(), id: r.res.id.clone() });
+                cursor = Some(Cursor {
+                    i: r.sv_int,
+                    t: r.sv_text.clone(),
+                    id: r.res.id.clone(),
+                });
                 match gate_row(gate, r.res, &mut facts_cache, true)? {
                     Decided::Visible(s) => {
                         if page.matches.len() == page_size {
@@ -295,7 +402,9 @@ pub fn search(conn: &mut DbConn, gate: &Gate, ty: &str, q: &Query) -> Result<Sea
             page.next_cursor = None;
         }
     }
-    if q.total == epaccs_fhir::query::Total::Accurate || q.summary == epaccs_fhir::query::Summary::Count {
+    if q.total == epaccs_fhir::query::Total::Accurate
+        || q.summary == epaccs_fhir::query::Summary::Count
+    {
         page.total = Some(count_visible(conn, gate, ty, q)?);
     }
     if !q.include.is_empty() || !q.revinclude.is_empty() {
@@ -321,12 +430,21 @@ fn count_visible(conn: &mut DbConn, gate: &Gate, ty: &str, q: &Query) -> Result<
 }
 
 /// Loads live rows by (type, id), gated.
-pub(crate) fn load_gated(conn: &mut DbConn, gate: &Gate, keys: &[(String, String)], cache: &mut HashMap<String, epaccs_access::PatientFacts>) -> Result<Vec<Stored>, StoreError> {
+pub(crate) fn load_gated(
+    conn: &mut DbConn,
+    gate: &Gate,
+    keys: &[(String, String)],
+    cache: &mut HashMap<String, epaccs_access::PatientFacts>,
+) -> Result<Vec<Stored>, StoreError> {
     let mut out = Vec::new();
     for chunk in keys.chunks(200) {
         let mut sql = Sql::new(&format!("SELECT {ROW_COLUMNS} FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.patient_key WHERE r.deleted = FALSE AND "));
         or_join(&mut sql, chunk, |s, (t, id)| {
-            s.push("(r.res_type = ").text(t.clone()).push(" AND r.id = ").text(id.clone()).push(")");
+            s.push("(r.res_type = ")
+                .text(t.clone())
+                .push(" AND r.id = ")
+                .text(id.clone())
+                .push(")");
         });
         let rows: Vec<ResourceRow> = load(conn, &sql)?;
         for r in rows {
@@ -346,14 +464,26 @@ struct KeyRow {
     i: String,
 }
 
-fn includes(conn: &mut DbConn, gate: &Gate, q: &Query, matches: &[Stored], cache: &mut HashMap<String, epaccs_access::PatientFacts>) -> Result<Vec<Stored>, StoreError> {
-    let mut seen: BTreeSet<(String, String)> = matches.iter().map(|s| (s.resource_type.clone(), s.id.clone())).collect();
+fn includes(
+    conn: &mut DbConn,
+    gate: &Gate,
+    q: &Query,
+    matches: &[Stored],
+    cache: &mut HashMap<String, epaccs_access::PatientFacts>,
+) -> Result<Vec<Stored>, StoreError> {
+    let mut seen: BTreeSet<(String, String)> = matches
+        .iter()
+        .map(|s| (s.resource_type.clone(), s.id.clone()))
+        .collect();
     let mut out: Vec<Stored> = Vec::new();
     let mut frontier: Vec<Stored> = matches.to_vec();
     for level in 0..2 {
         let mut keys: Vec<(String, String)> = Vec::new();
         for inc in q.include.iter().filter(|i| level == 0 || i.iterate) {
-            let sources: Vec<&Stored> = frontier.iter().filter(|s| s.resource_type == inc.source).collect();
+            let sources: Vec<&Stored> = frontier
+                .iter()
+                .filter(|s| s.resource_type == inc.source)
+                .collect();
             for chunk in sources.chunks(200) {
                 if chunk.is_empty() {
                     continue;
@@ -378,14 +508,20 @@ fn includes(conn: &mut DbConn, gate: &Gate, q: &Query, matches: &[Stored], cache
                 continue;
             }
             for chunk in frontier.chunks(200) {
-                let mut sql = Sql::new("SELECT res_type AS t, id AS i FROM search_reference WHERE res_type = ");
+                let mut sql = Sql::new(
+                    "SELECT res_type AS t, id AS i FROM search_reference WHERE res_type = ",
+                );
                 sql.text(inc.source.clone());
                 if inc.param != "*" {
                     sql.push(" AND param = ").text(inc.param.clone());
                 }
                 sql.push(" AND ");
                 or_join(&mut sql, chunk, |s, st| {
-                    s.push("(target_type = ").text(st.resource_type.clone()).push(" AND target_id = ").text(st.id.clone()).push(")");
+                    s.push("(target_type = ")
+                        .text(st.resource_type.clone())
+                        .push(" AND target_id = ")
+                        .text(st.id.clone())
+                        .push(")");
                 });
                 keys.extend(load::<KeyRow>(conn, &sql)?.into_iter().map(|k| (k.t, k.i)));
             }

@@ -24,7 +24,9 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(url: DatabaseUrl) -> Result<Writer, StoreError> {
-        let conn = url.connect(true).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let conn = url
+            .connect(true)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (tx, rx) = mpsc::channel::<Job>(8192);
         std::thread::Builder::new()
             .name("epaccs-writer".into())
@@ -47,11 +49,18 @@ impl Writer {
                 let _ = done_tx.send(committed.and(result));
             }) as Completion
         });
-        self.tx.send(job).await.map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
         match tokio::time::timeout(WAIT, done_rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(StoreError::Unavailable("the database did not accept the write".into())),
-            Err(_) => Err(StoreError::Unavailable("timed out waiting for the database".into())),
+            Ok(Err(_)) => Err(StoreError::Unavailable(
+                "the database did not accept the write".into(),
+            )),
+            Err(_) => Err(StoreError::Unavailable(
+                "timed out waiting for the database".into(),
+            )),
         }
     }
 }
