@@ -7,7 +7,13 @@ use epaccs_auth::keys;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-both_backends!(discovery_and_tokens, token_endpoint_refusals, access_token_refusals, scopes_are_enforced, jwks_by_url_and_revocation);
+both_backends!(
+    discovery_and_tokens,
+    token_endpoint_refusals,
+    access_token_refusals,
+    scopes_are_enforced,
+    jwks_by_url_and_revocation
+);
 
 fn assertion_with(key: &ClientKey, kid: &str, claims: Value) -> String {
     let enc = match key.alg {
@@ -27,21 +33,52 @@ fn claims(app: &TestApp, client: &str, exp_in: i64) -> Value {
 
 async fn discovery_and_tokens(b: Backend) {
     let app = TestApp::spawn(b).await;
-    let d = app.anonymous().get("/.well-known/smart-configuration").await;
+    let d = app
+        .anonymous()
+        .get("/.well-known/smart-configuration")
+        .await;
     assert_eq!(d.status, 200);
     assert_eq!(d.body["token_endpoint"], app.token_url());
     for alg in ["RS384", "ES384", "RS512"] {
-        assert!(d.body["token_endpoint_auth_signing_alg_values_supported"].as_array().expect("algs").contains(&json!(alg)));
+        assert!(d.body["token_endpoint_auth_signing_alg_values_supported"]
+            .as_array()
+            .expect("algs")
+            .contains(&json!(alg)));
     }
-    for cap in ["permission-v1", "permission-v2", "client-confidential-asymmetric"] {
-        assert!(d.body["capabilities"].as_array().expect("caps").contains(&json!(cap)));
+    for cap in [
+        "permission-v1",
+        "permission-v2",
+        "client-confidential-asymmetric",
+    ] {
+        assert!(d.body["capabilities"]
+            .as_array()
+            .expect("caps")
+            .contains(&json!(cap)));
     }
-    assert!(d.body["grant_types_supported"].as_array().expect("grants").contains(&json!("client_credentials")));
+    assert!(d.body["grant_types_supported"]
+        .as_array()
+        .expect("grants")
+        .contains(&json!("client_credentials")));
 
-    for (client, key) in [("es-client", es384()), ("rs384-client", rs384()), ("rs512-client", rs512())] {
-        app.register_key(client, "A81001", "gp", "system/Patient.rs system/Observation.read", key);
+    for (client, key) in [
+        ("es-client", es384()),
+        ("rs384-client", rs384()),
+        ("rs512-client", rs512()),
+    ] {
+        app.register_key(
+            client,
+            "A81001",
+            "gp",
+            "system/Patient.rs system/Observation.read",
+            key,
+        );
         let a = assertion_with(key, &key.kid, claims(&app, client, 240));
-        let (status, body) = app.token_request(&a, "system/Patient.rs system/Observation.cruds system/Consent.read").await;
+        let (status, body) = app
+            .token_request(
+                &a,
+                "system/Patient.rs system/Observation.cruds system/Consent.read",
+            )
+            .await;
         assert_eq!(status, 200, "{client}: {body}");
         assert_eq!(body["token_type"], "bearer");
         assert!(body["expires_in"].as_i64().expect("expires_in") <= 300);
@@ -63,65 +100,193 @@ async fn token_endpoint_refusals(b: Backend) {
     let a = assertion_with(k, &k.kid, claims(&app, "client-a", 200));
     assert_eq!(app.token_request(&a, scope).await.0, 200);
     let (s, body) = app.token_request(&a, scope).await;
-    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
 
     let cases: Vec<(&str, String, u16, &str)> = vec![
-        ("expired", assertion_with(k, &k.kid, claims(&app, "client-a", -120)), 400, "invalid_grant"),
-        ("exp too far ahead", assertion_with(k, &k.kid, claims(&app, "client-a", 3600)), 400, "invalid_grant"),
-        ("wrong audience", assertion_with(k, &k.kid, { let mut c = claims(&app, "client-a", 200); c["aud"] = json!("https://elsewhere/token"); c }), 401, "invalid_client"),
-        ("sub differs from iss", assertion_with(k, &k.kid, { let mut c = claims(&app, "client-a", 200); c["sub"] = json!("someone-else"); c }), 401, "invalid_client"),
-        ("unknown kid", assertion_with(k, "no-such-kid", claims(&app, "client-a", 200)), 401, "invalid_client"),
-        ("unknown client", assertion_with(k, &k.kid, claims(&app, "nobody", 200)), 401, "invalid_client"),
-        ("signed by another key", assertion_with(stranger(), &k.kid, claims(&app, "client-a", 200)), 401, "invalid_client"),
-        ("no jti", assertion_with(k, &k.kid, { let mut c = claims(&app, "client-a", 200); c.as_object_mut().expect("obj").remove("jti"); c }), 401, "invalid_client"),
+        (
+            "expired",
+            assertion_with(k, &k.kid, claims(&app, "client-a", -120)),
+            400,
+            "invalid_grant",
+        ),
+        (
+            "exp too far ahead",
+            assertion_with(k, &k.kid, claims(&app, "client-a", 3600)),
+            400,
+            "invalid_grant",
+        ),
+        (
+            "wrong audience",
+            assertion_with(k, &k.kid, {
+                let mut c = claims(&app, "client-a", 200);
+                c["aud"] = json!("https://elsewhere/token");
+                c
+            }),
+            401,
+            "invalid_client",
+        ),
+        (
+            "sub differs from iss",
+            assertion_with(k, &k.kid, {
+                let mut c = claims(&app, "client-a", 200);
+                c["sub"] = json!("someone-else");
+                c
+            }),
+            401,
+            "invalid_client",
+        ),
+        (
+            "unknown kid",
+            assertion_with(k, "no-such-kid", claims(&app, "client-a", 200)),
+            401,
+            "invalid_client",
+        ),
+        (
+            "unknown client",
+            assertion_with(k, &k.kid, claims(&app, "nobody", 200)),
+            401,
+            "invalid_client",
+        ),
+        (
+            "signed by another key",
+            assertion_with(stranger(), &k.kid, claims(&app, "client-a", 200)),
+            401,
+            "invalid_client",
+        ),
+        (
+            "no jti",
+            assertion_with(k, &k.kid, {
+                let mut c = claims(&app, "client-a", 200);
+                c.as_object_mut().expect("obj").remove("jti");
+                c
+            }),
+            401,
+            "invalid_client",
+        ),
     ];
     for (what, a, status, code) in cases {
         let (s, body) = app.token_request(&a, scope).await;
-        assert_eq!((s, body["error"].as_str()), (status, Some(code)), "{what}: {body}");
+        assert_eq!(
+            (s, body["error"].as_str()),
+            (status, Some(code)),
+            "{what}: {body}"
+        );
     }
 
     // HS256 client assertion (a shared-secret algorithm) is refused.
-    let hs = jsonwebtoken::encode(&Header { alg: Algorithm::HS256, kid: Some(k.kid.clone()), ..Header::default() }, &claims(&app, "client-a", 200), &EncodingKey::from_secret(b"secret")).expect("hs");
+    let hs = jsonwebtoken::encode(
+        &Header {
+            alg: Algorithm::HS256,
+            kid: Some(k.kid.clone()),
+            ..Header::default()
+        },
+        &claims(&app, "client-a", 200),
+        &EncodingKey::from_secret(b"secret"),
+    )
+    .expect("hs");
     let (s, body) = app.token_request(&hs, scope).await;
-    assert_eq!((s, body["error"].as_str()), (401, Some("invalid_client")), "{body}");
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{body}"
+    );
 
     // Scope problems.
     let a = assertion_with(k, &k.kid, claims(&app, "client-a", 200));
     let (s, body) = app.token_request(&a, "openid profile").await;
-    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_scope")), "{body}");
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("invalid_scope")),
+        "{body}"
+    );
     app.register("narrow", "A81001", "gp", "system/Patient.read");
     let a = assertion_with(k, &k.kid, claims(&app, "narrow", 200));
     let (s, body) = app.token_request(&a, "system/Consent.read").await;
-    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_scope")), "{body}");
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("invalid_scope")),
+        "{body}"
+    );
 
     // Wrong grant type; missing assertion type.
-    let resp = app.http.post(app.token_url()).form(&[("grant_type", "password"), ("scope", scope)]).send().await.expect("post");
+    let resp = app
+        .http
+        .post(app.token_url())
+        .form(&[("grant_type", "password"), ("scope", scope)])
+        .send()
+        .await
+        .expect("post");
     assert_eq!(resp.status().as_u16(), 400);
-    assert_eq!(resp.json::<Value>().await.expect("json")["error"], "unsupported_grant_type");
-    let resp = app.http.post(app.token_url()).form(&[("grant_type", "client_credentials"), ("client_assertion", "x"), ("scope", scope)]).send().await.expect("post");
-    assert_eq!(resp.json::<Value>().await.expect("json")["error"], "invalid_request");
+    assert_eq!(
+        resp.json::<Value>().await.expect("json")["error"],
+        "unsupported_grant_type"
+    );
+    let resp = app
+        .http
+        .post(app.token_url())
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion", "x"),
+            ("scope", scope),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        resp.json::<Value>().await.expect("json")["error"],
+        "invalid_request"
+    );
 
     // Break-glass without a reason, and an organisation that is not the client's.
-    let a = assertion_with(k, &k.kid, { let mut c = claims(&app, "client-a", 200); c["extensions"] = json!({"ihe_iua": {"purpose_of_use": {"code": "BTG"}}}); c });
-    assert_eq!(app.token_request(&a, scope).await.1["error"], "invalid_request");
-    let a = assertion_with(k, &k.kid, { let mut c = claims(&app, "client-a", 200); c["extensions"] = json!({"ihe_iua": {"subject_organization_id": "Z99999"}}); c });
-    assert_eq!(app.token_request(&a, scope).await.1["error"], "invalid_client");
+    let a = assertion_with(k, &k.kid, {
+        let mut c = claims(&app, "client-a", 200);
+        c["extensions"] = json!({"ihe_iua": {"purpose_of_use": {"code": "BTG"}}});
+        c
+    });
+    assert_eq!(
+        app.token_request(&a, scope).await.1["error"],
+        "invalid_request"
+    );
+    let a = assertion_with(k, &k.kid, {
+        let mut c = claims(&app, "client-a", 200);
+        c["extensions"] = json!({"ihe_iua": {"subject_organization_id": "Z99999"}});
+        c
+    });
+    assert_eq!(
+        app.token_request(&a, scope).await.1["error"],
+        "invalid_client"
+    );
 }
 
 /// Signs an access token with the server's own key, as an attacker with a stolen key could;
 /// used to check every claim the server verifies.
 fn server_signed(app: &TestApp, claims: &Value, kid: Option<&str>) -> String {
     let mut conn = DatabaseUrlExt::connect(&app.db_url);
-    let key = epaccs_store::clients::server_key(&mut conn, || Err("the server created its key at start".into())).expect("server key");
+    let key = epaccs_store::clients::server_key(&mut conn, || {
+        Err("the server created its key at start".into())
+    })
+    .expect("server key");
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some(kid.unwrap_or(&key.kid).to_string());
-    jsonwebtoken::encode(&h, claims, &EncodingKey::from_ec_pem(key.private_pem.as_bytes()).expect("pem")).expect("sign")
+    jsonwebtoken::encode(
+        &h,
+        claims,
+        &EncodingKey::from_ec_pem(key.private_pem.as_bytes()).expect("pem"),
+    )
+    .expect("sign")
 }
 
 struct DatabaseUrlExt;
 impl DatabaseUrlExt {
     fn connect(url: &str) -> epaccs_store::DbConn {
-        epaccs_store::DatabaseUrl::parse(url).expect("url").connect(false).expect("connect")
+        epaccs_store::DatabaseUrl::parse(url)
+            .expect("url")
+            .connect(false)
+            .expect("connect")
     }
 }
 
@@ -133,14 +298,22 @@ async fn access_token_refusals(b: Backend) {
 
     let r = app.anonymous().get("/Patient").await;
     assert_eq!(r.status, 401);
-    assert!(r.header("www-authenticate").is_some_and(|h| h.starts_with("Bearer")));
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|h| h.starts_with("Bearer")));
     r.outcome();
 
     let now = chrono::Utc::now().timestamp();
     let base = json!({"iss": app.base, "sub": "client-a", "aud": app.base, "exp": now + 200, "iat": now, "nbf": now, "jti": "j",
         "scope": "system/*.*", "client_id": "client-a", "org": "A81001", "role": "gp"});
     // The forged-but-valid token works: the checks below are what refuse the others.
-    assert_eq!(app.api(server_signed(&app, &base, None)).get("/Patient").await.status, 200);
+    assert_eq!(
+        app.api(server_signed(&app, &base, None))
+            .get("/Patient")
+            .await
+            .status,
+        200
+    );
     let mut expired = base.clone();
     expired["exp"] = json!(now - 60);
     let mut future = base.clone();
@@ -150,14 +323,33 @@ async fn access_token_refusals(b: Backend) {
     let mut wrong_iss = base.clone();
     wrong_iss["iss"] = json!("https://other.example");
     let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    let alg_none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&base));
+    let alg_none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&base)
+    );
     let mid: Vec<&str> = good.split('.').collect();
-    let mut payload: Value = serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(mid[1]).expect("b64")).expect("json");
+    let mut payload: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(mid[1])
+            .expect("b64"),
+    )
+    .expect("json");
     payload["role"] = json!("admin");
     let tampered = format!("{}.{}.{}", mid[0], b64(&payload), mid[2]);
     // HS256 "signed" with the server's public key: the classic algorithm confusion.
-    let public = app.anonymous().get("/.well-known/jwks.json").await.body.to_string();
-    let hs = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &base, &EncodingKey::from_secret(public.as_bytes())).expect("hs");
+    let public = app
+        .anonymous()
+        .get("/.well-known/jwks.json")
+        .await
+        .body
+        .to_string();
+    let hs = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &base,
+        &EncodingKey::from_secret(public.as_bytes()),
+    )
+    .expect("hs");
     let cases = vec![
         ("expired", server_signed(&app, &expired, None)),
         ("not yet valid", server_signed(&app, &future, None)),
@@ -205,10 +397,17 @@ async fn jwks_by_url_and_revocation(b: Backend) {
     let port = listener.local_addr().expect("addr").port();
     let server = HttpServer::new(move || {
         let body = jwks.clone();
-        App::new().route("/jwks.json", web::get().to(move || {
-            let body = body.clone();
-            async move { HttpResponse::Ok().content_type("application/json").body(body) }
-        }))
+        App::new().route(
+            "/jwks.json",
+            web::get().to(move || {
+                let body = body.clone();
+                async move {
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(body)
+                }
+            }),
+        )
     })
     .workers(1)
     .disable_signals()
@@ -217,7 +416,16 @@ async fn jwks_by_url_and_revocation(b: Backend) {
     .run();
     let handle = server.handle();
     tokio::spawn(server);
-    epaccs::cli::register(&app.db(), "by-url", "A81001", "gp", "system/*.*", None, Some(format!("http://127.0.0.1:{port}/jwks.json"))).expect("register");
+    epaccs::cli::register(
+        &app.db(),
+        "by-url",
+        "A81001",
+        "gp",
+        "system/*.*",
+        None,
+        Some(format!("http://127.0.0.1:{port}/jwks.json")),
+    )
+    .expect("register");
     let token = app.token("by-url", "system/*.read", None).await;
     let api = app.api(token);
     assert_eq!(api.get("/Patient").await.status, 200);
@@ -228,7 +436,11 @@ async fn jwks_by_url_and_revocation(b: Backend) {
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(api.get("/Patient").await.status, 401);
     let k = es384();
-    let a = keys::sign_assertion(&k.pem, k.alg, &k.kid, "by-url", &app.token_url(), None).expect("sign");
-    assert_eq!(app.token_request(&a, "system/*.read").await.1["error"], "invalid_client");
+    let a = keys::sign_assertion(&k.pem, k.alg, &k.kid, "by-url", &app.token_url(), None)
+        .expect("sign");
+    assert_eq!(
+        app.token_request(&a, "system/*.read").await.1["error"],
+        "invalid_client"
+    );
     handle.stop(false).await;
 }

@@ -1,1 +1,206 @@
-//! placeholder
+//! Search: parameter types, modifiers, prefixes, paging and result shaping.
+
+use crate::both_backends;
+use crate::helpers::*;
+use serde_json::{json, Value};
+
+both_backends!(
+    parameter_types_and_modifiers,
+    paging_is_stable_under_concurrent_writes,
+    result_shaping_and_handling
+);
+
+fn ids(r: &Resp) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .entries(Some("match"))
+        .iter()
+        .map(|e| e["id"].as_str().unwrap_or("").to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn parameter_types_and_modifiers(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let gp = app.client("gp-system", "A81001", "gp").await;
+    let mut a = patient(&nhs(1), "Åberg", "A81001");
+    a["birthDate"] = json!("1940-03-04");
+    let a = gp.create(&a).await["id"].as_str().expect("id").to_string();
+    let mut c = patient(&nhs(2), "Abbott", "B82002");
+    c["birthDate"] = json!("1952-11-30");
+    c["gender"] = json!("male");
+    c.as_object_mut().expect("obj").remove("address");
+    let c = gp.create(&c).await["id"].as_str().expect("id").to_string();
+    let mut both = vec![a.clone(), c.clone()];
+    both.sort();
+
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("family=aberg", vec![a.clone()]),
+        ("family=ab", both.clone()),
+        ("family:exact=Åberg", vec![a.clone()]),
+        ("family:exact=aberg", vec![]),
+        ("family:contains=bot", vec![c.clone()]),
+        ("name=alex", both.clone()),
+        (
+            &"identifier=https://fhir.nhs.uk/Id/nhs-number|9990000018",
+            vec![],
+        ),
+        ("gender=male", vec![c.clone()]),
+        ("gender:not=male", vec![a.clone()]),
+        ("gender=male,female", both.clone()),
+        ("birthdate=1940", vec![a.clone()]),
+        ("birthdate=1940-03", vec![a.clone()]),
+        ("birthdate=gt1950-01-01", vec![c.clone()]),
+        ("birthdate=lt1950", vec![a.clone()]),
+        (
+            "birthdate=ge1940-03-04&birthdate=le1940-03-04",
+            vec![a.clone()],
+        ),
+        ("birthdate=ne1940-03-04", vec![c.clone()]),
+        ("birthdate=sa1945", vec![c.clone()]),
+        ("birthdate=eb1945", vec![a.clone()]),
+        ("address-postalcode=ls14ap", vec![a.clone()]),
+        ("address-postalcode:missing=true", vec![c.clone()]),
+        ("address-postalcode:missing=false", vec![a.clone()]),
+        (
+            "general-practitioner:identifier=https://fhir.nhs.uk/Id/ods-organization-code|B82002",
+            vec![c.clone()],
+        ),
+        ("deceased=false", both.clone()),
+        ("_id=", both.clone()),
+    ];
+    let nhs1 = format!("identifier=https://fhir.nhs.uk/Id/nhs-number|{}", nhs(1));
+    let r = gp.get(&format!("/Patient?{nhs1}")).await;
+    assert_eq!(ids(&r), vec![a.clone()]);
+    let r = gp.get(&format!("/Patient?identifier={}", nhs(2))).await;
+    assert_eq!(ids(&r), vec![c.clone()]);
+    let r = gp.get(&format!("/Patient?_id={a}")).await;
+    assert_eq!(ids(&r), vec![a.clone()]);
+    for (q, expected) in cases {
+        let r = gp.get(&format!("/Patient?{q}")).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.text);
+        assert_eq!(ids(&r), expected, "{q}");
+    }
+    // Reference and token searches on clinical data.
+    gp.create(&observation(&a, "450476008")).await;
+    gp.create(&observation(&c, "450475007")).await;
+    let r = gp.get(&format!("/Observation?subject=Patient/{a}")).await;
+    assert_eq!(r.entries(Some("match")).len(), 1);
+    let r = gp
+        .get(&format!(
+            "/Observation?patient={a}&code=http://snomed.info/sct|450476008"
+        ))
+        .await;
+    assert_eq!(r.entries(Some("match")).len(), 1);
+    let r = gp.get("/Observation?code=http://snomed.info/sct|").await;
+    assert_eq!(r.entries(Some("match")).len(), 2);
+    let r = gp.get("/Observation?code=http://loinc.org|450476008").await;
+    assert_eq!(r.entries(Some("match")).len(), 0);
+    let r = gp
+        .get("/Observation?date=2026-10-01&_lastUpdated=gt2020-01-01")
+        .await;
+    assert_eq!(r.entries(Some("match")).len(), 2);
+    // Malformed values are always a 400.
+    for bad in [
+        "birthdate=yesterday",
+        "_count=lots",
+        "gender:missing=perhaps",
+        "_sort=nonsense",
+        "family:fuzzy=x",
+    ] {
+        assert_eq!(
+            gp.get(&format!("/Patient?{bad}")).await.status,
+            400,
+            "{bad}"
+        );
+    }
+}
+
+async fn paging_is_stable_under_concurrent_writes(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let gp = app.client("gp-system", "A81001", "gp").await;
+    let mut expected = Vec::new();
+    for i in 0..25 {
+        expected.push(
+            gp.create(&patient(&nhs(100 + i), "Pager", "A81001")).await["id"]
+                .as_str()
+                .expect("id")
+                .to_string(),
+        );
+    }
+    expected.sort();
+    let mut seen: Vec<String> = Vec::new();
+    let mut next = Some("/Patient?family=pager&_count=4".to_string());
+    let mut extra = 0;
+    while let Some(url) = next {
+        let r = gp.get(&url).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        for e in r.entries(Some("match")) {
+            seen.push(e["id"].as_str().expect("id").to_string());
+        }
+        // Others write while we page.
+        gp.create(&patient(&nhs(200 + extra), "Pager", "A81001"))
+            .await;
+        extra += 1;
+        next = r.body["link"]
+            .as_array()
+            .expect("links")
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_string);
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "a row was repeated across pages");
+    for id in &expected {
+        assert!(seen.contains(id), "{id} was skipped while paging");
+    }
+    // Sorted paging.
+    let r = gp
+        .get("/Patient?family=pager&_sort=-_lastUpdated&_count=3")
+        .await;
+    let stamps: Vec<String> = r
+        .entries(Some("match"))
+        .iter()
+        .map(|e| e["meta"]["lastUpdated"].as_str().unwrap_or("").to_string())
+        .collect();
+    let mut sorted = stamps.clone();
+    sorted.sort_by(|x, y| y.cmp(x));
+    assert_eq!(stamps, sorted);
+}
+
+async fn result_shaping_and_handling(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let gp = app.client("gp-system", "A81001", "gp").await;
+    for i in 0..3 {
+        gp.create(&patient(&nhs(i), "Shape", "A81001")).await;
+    }
+    let r = gp.get("/Patient?family=shape&_summary=count").await;
+    assert_eq!(r.body["total"], 3);
+    assert!(r.entries(Some("match")).is_empty());
+    let r = gp.get("/Patient?family=shape&_elements=birthDate").await;
+    let first = &r.entries(Some("match"))[0];
+    assert!(first.get("name").is_none() && first.get("birthDate").is_some());
+    assert_eq!(first["meta"]["tag"][0]["code"], "SUBSETTED");
+    // Unknown parameters: ignored and reported (lenient), or refused (strict).
+    let r = gp.get("/Patient?family=shape&shoe-size=9").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.entries(Some("match")).len(), 3);
+    let oo: Vec<Value> = r.entries(Some("outcome"));
+    assert!(oo[0]["issue"][0]["diagnostics"]
+        .as_str()
+        .expect("diag")
+        .contains("shoe-size"));
+    let r = gp
+        .send(
+            reqwest::Method::GET,
+            "/Patient?family=shape&shoe-size=9",
+            None,
+            &[("prefer", "handling=strict")],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    r.outcome();
+}

@@ -283,7 +283,10 @@ mod tests {
         assert_eq!(derive(&[]).consent, ConsentStatus::None);
         let given = consent(codes::consent::GIVEN, "active", "2024-01-01");
         let withdrawn = consent(codes::consent::WITHDRAWN, "active", "2024-06-01");
-        assert_eq!(derive(std::slice::from_ref(&given)).consent, ConsentStatus::Given);
+        assert_eq!(
+            derive(std::slice::from_ref(&given)).consent,
+            ConsentStatus::Given
+        );
         assert_eq!(
             derive(&[withdrawn.clone(), given.clone()]).consent,
             ConsentStatus::Withdrawn

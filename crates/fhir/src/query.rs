@@ -245,8 +245,8 @@ impl Query {
     ) -> Result<Query, QueryError> {
         let mut q = Query::default();
         for (name, value) in pairs {
-            if value.is_empty() && !name.starts_with('_') {
-                // An empty value is ignored, as the spec allows.
+            if value.is_empty() {
+                // A parameter with an empty value is ignored, as the spec says.
                 continue;
             }
             match name.as_str() {
