@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 pub mod cli;
+pub mod synthetic;
 
 /// Every setting of the service. Each comes from a flag or its `EPACCS_*` environment variable;
 /// a malformed value stops start-up with a message naming it.
