@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 const CONCURRENCY: usize = 32;
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Stats {
@@ -30,8 +33,13 @@ struct Stats {
 impl Stats {
     fn print(&self, ceiling: Option<f64>) {
         let rps = self.requests as f64 / self.secs;
-        let pct = ceiling.map(|c| format!("{:5.1}%", 100.0 * rps / c)).unwrap_or_else(|| "      ".into());
-        println!("{:<34} {:>9.0} req/s {pct}  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}", self.name, rps, self.p50, self.p99, self.errors);
+        let pct = ceiling
+            .map(|c| format!("{:5.1}%", 100.0 * rps / c))
+            .unwrap_or_else(|| "      ".into());
+        println!(
+            "{:<34} {:>9.0} req/s {pct}  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+            self.name, rps, self.p50, self.p99, self.errors
+        );
     }
 }
 
@@ -72,8 +80,19 @@ where
     }
     let secs = start.elapsed().as_secs_f64();
     all.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0.0);
-    Stats { name: name.to_string(), requests: all.len(), errors, secs, p50: q(0.50), p99: q(0.99) }
+    let q = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Stats {
+        name: name.to_string(),
+        requests: all.len(),
+        errors,
+        secs,
+        p50: q(0.50),
+        p99: q(0.99),
+    }
 }
 
 async fn token(http: &reqwest::Client, base: &str, pem: &str, kid: &str, client: &str) -> String {
@@ -81,18 +100,33 @@ async fn token(http: &reqwest::Client, base: &str, pem: &str, kid: &str, client:
     let a = keys::sign_assertion(pem, ClientAlg::Es384, kid, client, &url, None).expect("sign");
     let r: Value = http
         .post(&url)
-        .form(&[("grant_type", "client_credentials"), ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"), ("client_assertion", a.as_str()), ("scope", "system/*.*")])
+        .form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", a.as_str()),
+            ("scope", "system/*.*"),
+        ])
         .send()
         .await
         .expect("token")
         .json()
         .await
         .expect("json");
-    r["access_token"].as_str().expect("access_token").to_string()
+    r["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string()
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(run());
 }
 
@@ -100,18 +134,30 @@ async fn run() {
     let patients = env_num("EPACCS_BENCH_PATIENTS", 10_000) as usize;
     let secs = env_num("EPACCS_BENCH_SECONDS", 5);
     let dir = tempfile::tempdir().expect("tempdir");
-    let db_url = std::env::var("EPACCS_BENCH_DATABASE_URL").unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    let db_url = std::env::var("EPACCS_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("bench.db").display()));
 
     // The ceiling: a minimal actix server returning fixed JSON, on the same machine and client.
-    let fixed = json!({"resourceType": "Patient", "id": "fixed", "name": [{"family": "Ceiling"}]}).to_string();
+    let fixed = json!({"resourceType": "Patient", "id": "fixed", "name": [{"family": "Ceiling"}]})
+        .to_string();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let ceiling_url = format!("http://{}/Patient/fixed", listener.local_addr().expect("addr"));
+    let ceiling_url = format!(
+        "http://{}/Patient/fixed",
+        listener.local_addr().expect("addr")
+    );
     let ceiling = HttpServer::new(move || {
         let body = fixed.clone();
-        App::new().route("/Patient/fixed", web::get().to(move || {
-            let b = body.clone();
-            async move { HttpResponse::Ok().content_type("application/fhir+json").body(b) }
-        }))
+        App::new().route(
+            "/Patient/fixed",
+            web::get().to(move || {
+                let b = body.clone();
+                async move {
+                    HttpResponse::Ok()
+                        .content_type("application/fhir+json")
+                        .body(b)
+                }
+            }),
+        )
     })
     .workers(2)
     .disable_signals()
@@ -134,11 +180,34 @@ async fn run() {
     let pem = keys::generate_client_key(ClientAlg::Es384).expect("key");
     let jwk = keys::public_jwk(&pem, ClientAlg::Es384).expect("jwk");
     let kid = jwk["kid"].as_str().expect("kid").to_string();
-    let db = epaccs::cli::DbArgs { database_url: db_url.clone() };
+    let db = epaccs::cli::DbArgs {
+        database_url: db_url.clone(),
+    };
     let jwks = json!({"keys": [jwk]}).to_string();
-    epaccs::cli::register(&db, "bench-gp", "A81001", "gp", "system/*.*", Some(jwks.clone()), None).expect("register");
-    epaccs::cli::register(&db, "bench-crew", "RX801", "ambulance", "system/*.read", Some(jwks), None).expect("register");
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+    epaccs::cli::register(
+        &db,
+        "bench-gp",
+        "A81001",
+        "gp",
+        "system/*.*",
+        Some(jwks.clone()),
+        None,
+    )
+    .expect("register");
+    epaccs::cli::register(
+        &db,
+        "bench-crew",
+        "RX801",
+        "ambulance",
+        "system/*.read",
+        Some(jwks),
+        None,
+    )
+    .expect("register");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client");
     let gp = token(&http, &base, &pem, &kid, "bench-gp").await;
     let crew = token(&http, &base, &pem, &kid, "bench-crew").await;
 
@@ -150,19 +219,42 @@ async fn run() {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let loaders: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
-            let (http, base, gp, numbers, ids, next) = (http.clone(), base.clone(), gp.clone(), numbers.clone(), ids.clone(), next.clone());
+            let (http, base, gp, numbers, ids, next) = (
+                http.clone(),
+                base.clone(),
+                gp.clone(),
+                numbers.clone(),
+                ids.clone(),
+                next.clone(),
+            );
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if i >= numbers.len() {
                         break;
                     }
-                    let p: Value = http.post(format!("{base}/Patient")).bearer_auth(&gp).header("content-type", "application/fhir+json")
-                        .body(synthetic::patient(i, &numbers[i], "A81001").to_string()).send().await.expect("post").json().await.expect("json");
+                    let p: Value = http
+                        .post(format!("{base}/Patient"))
+                        .bearer_auth(&gp)
+                        .header("content-type", "application/fhir+json")
+                        .body(synthetic::patient(i, &numbers[i], "A81001").to_string())
+                        .send()
+                        .await
+                        .expect("post")
+                        .json()
+                        .await
+                        .expect("json");
                     let id = p["id"].as_str().expect("patient id").to_string();
                     for r in synthetic::record(i, &id, "HOS01") {
                         let ty = r["resourceType"].as_str().expect("type").to_string();
-                        let resp = http.post(format!("{base}/{ty}")).bearer_auth(&gp).header("content-type", "application/fhir+json").body(r.to_string()).send().await.expect("post");
+                        let resp = http
+                            .post(format!("{base}/{ty}"))
+                            .bearer_auth(&gp)
+                            .header("content-type", "application/fhir+json")
+                            .body(r.to_string())
+                            .send()
+                            .await
+                            .expect("post");
                         assert_eq!(resp.status().as_u16(), 201);
                     }
                     ids.lock().await[i] = id;
@@ -174,13 +266,22 @@ async fn run() {
         l.await.expect("loader");
     }
     let load_secs = started.elapsed().as_secs_f64();
-    println!("loaded {} resources in {load_secs:.1} s ({:.0} creates/s through the API)", patients * 5, (patients * 5) as f64 / load_secs);
+    println!(
+        "loaded {} resources in {load_secs:.1} s ({:.0} creates/s through the API)",
+        patients * 5,
+        (patients * 5) as f64 / load_secs
+    );
     let ids = Arc::new(ids.lock().await.clone());
 
     let c = http.clone();
     let ceiling_stats = drive("ceiling: minimal actix fixed JSON", secs, move |_| {
         let (c, u) = (c.clone(), ceiling_url.clone());
-        async move { c.get(&u).send().await.is_ok_and(|r| r.status().is_success()) }
+        async move {
+            c.get(&u)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
     })
     .await;
     ceiling_stats.print(None);
@@ -190,26 +291,54 @@ async fn run() {
     // Every tenth person has withdrawn consent, so about 10% of reads are refusals (403).
     let (c, b, t, ids2) = (http.clone(), base.clone(), crew.clone(), ids.clone());
     drive("read Patient/{id} (crew, audited)", secs, move |i| {
-        let (c, u, t) = (c.clone(), format!("{b}/Patient/{}", ids2[i % ids2.len()]), t.clone());
-        async move { c.get(&u).bearer_auth(&t).send().await.is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403) }
+        let (c, u, t) = (
+            c.clone(),
+            format!("{b}/Patient/{}", ids2[i % ids2.len()]),
+            t.clone(),
+        );
+        async move {
+            c.get(&u)
+                .bearer_auth(&t)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403)
+        }
     })
     .await
     .print(Some(top));
 
     let (c, b, t, n) = (http.clone(), base.clone(), crew.clone(), numbers.clone());
     drive("search Patient?identifier=NHS", secs, move |i| {
-        let u = format!("{b}/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{}", n[(i * 7919) % n.len()]);
+        let u = format!(
+            "{b}/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
+            n[(i * 7919) % n.len()]
+        );
         let (c, t) = (c.clone(), t.clone());
-        async move { c.get(&u).bearer_auth(&t).send().await.is_ok_and(|r| r.status().is_success()) }
+        async move {
+            c.get(&u)
+                .bearer_auth(&t)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
     })
     .await
     .print(Some(top));
 
     let (c, b, t, n) = (http.clone(), base.clone(), crew.clone(), numbers.clone());
     drive("Patient/$emergency-summary (NHS)", secs, move |i| {
-        let u = format!("{b}/Patient/$emergency-summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{}", n[(i * 104_729) % n.len()]);
+        let u = format!(
+            "{b}/Patient/$emergency-summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
+            n[(i * 104_729) % n.len()]
+        );
         let (c, t) = (c.clone(), t.clone());
-        async move { c.get(&u).bearer_auth(&t).send().await.is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403) }
+        async move {
+            c.get(&u)
+                .bearer_auth(&t)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403)
+        }
     })
     .await
     .print(Some(top));
@@ -218,7 +347,13 @@ async fn run() {
     drive("Patient/{id}/$everything (GP)", secs, move |i| {
         let u = format!("{b}/Patient/{}/$everything", n[(i * 31) % n.len()]);
         let (c, t) = (c.clone(), t.clone());
-        async move { c.get(&u).bearer_auth(&t).send().await.is_ok_and(|r| r.status().is_success()) }
+        async move {
+            c.get(&u)
+                .bearer_auth(&t)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
     })
     .await
     .print(Some(top));

@@ -4,9 +4,41 @@
 use epaccs_core::NhsNumber;
 use serde_json::{json, Value};
 
-const FAMILIES: &[&str] = &["Ashworth", "Begum", "Campbell", "Dlamini", "Evans", "Fraser", "Goldberg", "Hussain", "Iqbal", "Jones", "Kowalski", "Lewis", "Murphy", "Nowak", "Okafor", "Patel", "Quinn", "Roberts", "Singh", "Taylor", "Umar", "Varga", "Williams", "Xu", "Young", "Zielinski"];
-const GIVEN: &[&str] = &["Ada", "Bilal", "Carys", "Dev", "Edith", "Femi", "Grace", "Harold", "Imogen", "Jamal", "Kath", "Leon", "Mair", "Nia", "Olu", "Priya"];
-const POSTCODES: &[&str] = &["LS1 4AP", "LS6 2QB", "BD7 1DP", "HX1 5TT", "WF1 3LL", "HD1 2SP", "YO1 7HH", "S1 2JE"];
+const FAMILIES: &[&str] = &[
+    "Ashworth",
+    "Begum",
+    "Campbell",
+    "Dlamini",
+    "Evans",
+    "Fraser",
+    "Goldberg",
+    "Hussain",
+    "Iqbal",
+    "Jones",
+    "Kowalski",
+    "Lewis",
+    "Murphy",
+    "Nowak",
+    "Okafor",
+    "Patel",
+    "Quinn",
+    "Roberts",
+    "Singh",
+    "Taylor",
+    "Umar",
+    "Varga",
+    "Williams",
+    "Xu",
+    "Young",
+    "Zielinski",
+];
+const GIVEN: &[&str] = &[
+    "Ada", "Bilal", "Carys", "Dev", "Edith", "Femi", "Grace", "Harold", "Imogen", "Jamal", "Kath",
+    "Leon", "Mair", "Nia", "Olu", "Priya",
+];
+const POSTCODES: &[&str] = &[
+    "LS1 4AP", "LS6 2QB", "BD7 1DP", "HX1 5TT", "WF1 3LL", "HD1 2SP", "YO1 7HH", "S1 2JE",
+];
 
 /// The i-th synthetic NHS number (999xxxxxx with a valid check digit).
 pub fn nhs_number(i: u64) -> String {
@@ -56,7 +88,12 @@ pub fn record(i: usize, patient_id: &str, hospice_ods: &str) -> Vec<Value> {
         _ => "882921000000109", // given
     };
     let cpr = if i % 3 == 0 { "450475007" } else { "450476008" };
-    let ppd = ["110481000000108", "108401000000102", "109401000000108", "89761000000106"][i % 4];
+    let ppd = [
+        "110481000000108",
+        "108401000000102",
+        "109401000000108",
+        "89761000000106",
+    ][i % 4];
     vec![
         json!({"resourceType": "Consent", "status": "active",
             "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod auth;
+mod bundles;
 mod emergency;
 mod rest;
 mod search;

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod audit;
+mod bundle;
 mod capability;
 mod emergency;
 pub mod error;
@@ -95,6 +96,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(rest::search_get))
                 .route(web::post().to(rest::create))
                 .route(web::put().to(rest::conditional_update)),
+        )
+        .service(
+            web::resource("/")
+                .route(web::post().to(bundle::process))
+                .default_service(web::to(method_not_allowed)),
         )
         .default_service(web::to(not_found));
 }

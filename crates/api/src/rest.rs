@@ -166,7 +166,11 @@ pub async fn create(
             }
             None => None,
         };
-        Ok(WriteOp::Create { put, if_none_exist })
+        Ok(WriteOp::Create {
+            put,
+            if_none_exist,
+            id: None,
+        })
     })();
     let w = write_audited(&state, &caller, "create", &ty, op).await?;
     Ok(write_response(&state, &req, &w))

@@ -254,9 +254,11 @@ pub struct Put {
 
 #[derive(Debug, Clone)]
 pub enum WriteOp {
+    /// Create; `id` is set when a transaction assigned it in advance (for `urn:uuid` references).
     Create {
         put: Put,
         if_none_exist: Option<Vec<Filter>>,
+        id: Option<String>,
     },
     /// Update by id; creates the resource with that id if it does not exist (`upsert`).
     Update {
@@ -297,7 +299,11 @@ pub struct Written {
 /// Applies one write inside the caller's transaction.
 pub fn apply(conn: &mut DbConn, gate: &Gate, op: WriteOp) -> Result<Written, StoreError> {
     match op {
-        WriteOp::Create { put, if_none_exist } => {
+        WriteOp::Create {
+            put,
+            if_none_exist,
+            id,
+        } => {
             if let Some(filters) = if_none_exist {
                 match matches_for_condition(conn, gate, put.kind.name, &filters)? {
                     Matches::None => {}
@@ -314,7 +320,7 @@ pub fn apply(conn: &mut DbConn, gate: &Gate, op: WriteOp) -> Result<Written, Sto
                     }
                 }
             }
-            let id = uuid::Uuid::new_v4().to_string();
+            let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             insert_new(conn, gate, &id, put)
         }
         WriteOp::Update {
@@ -365,6 +371,23 @@ enum Matches {
     None,
     One(Stored),
     Many,
+}
+
+/// The id of the one visible resource matching a conditional create's criteria, if any (for a
+/// transaction that must know ids before it writes). Errors as a conditional create would.
+pub fn condition_match(
+    conn: &mut DbConn,
+    gate: &Gate,
+    ty: &str,
+    filters: &[Filter],
+) -> Result<Option<String>, StoreError> {
+    match matches_for_condition(conn, gate, ty, filters)? {
+        Matches::None => Ok(None),
+        Matches::One(s) => Ok(Some(s.id)),
+        Matches::Many => Err(StoreError::PreconditionFailed(
+            "ifNoneExist matched more than one resource".into(),
+        )),
+    }
 }
 
 /// Resolves a conditional interaction's criteria. A match the caller may not see still blocks
