@@ -174,6 +174,7 @@ async fn run() {
         pool_size: 16,
         rules: epaccs_access::Rules::default(),
         limits: epaccs_api::Limits::default(),
+        notify: epaccs_notify::NotifyOptions::default(),
     };
     let running = epaccs::start(settings).await.expect("start");
     let base = running.base_url.clone();

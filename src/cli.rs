@@ -64,6 +64,12 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "EPACCS_MAX_BODY_BYTES", default_value = "4194304")]
     pub max_body_bytes: String,
+    /// Delivery attempts per notification before a Subscription goes to error.
+    #[arg(long, env = "EPACCS_NOTIFY_MAX_ATTEMPTS", default_value = "8")]
+    pub notify_max_attempts: String,
+    /// First notification retry delay in milliseconds (doubles per attempt, with jitter).
+    #[arg(long, env = "EPACCS_NOTIFY_RETRY_MS", default_value = "500")]
+    pub notify_retry_ms: String,
     /// Register a demo client (key written under ./data/) so the service can be tried at once.
     #[arg(long)]
     pub demo: bool,
@@ -179,6 +185,17 @@ impl ServeArgs {
         }
         let max_body_bytes = parse_num::<usize>("EPACCS_MAX_BODY_BYTES", &self.max_body_bytes)?;
         let rules = Settings::load_rules(self.sharing_rules.as_deref())?;
+        let max_attempts =
+            parse_num::<i64>("EPACCS_NOTIFY_MAX_ATTEMPTS", &self.notify_max_attempts)?;
+        if max_attempts < 1 {
+            bail!("EPACCS_NOTIFY_MAX_ATTEMPTS must be at least 1");
+        }
+        let retry_ms = parse_num::<u64>("EPACCS_NOTIFY_RETRY_MS", &self.notify_retry_ms)?;
+        let notify = epaccs_notify::NotifyOptions {
+            max_attempts,
+            base_delay: std::time::Duration::from_millis(retry_ms),
+            ..Default::default()
+        };
         Ok(Settings {
             database_url,
             listen,
@@ -190,6 +207,7 @@ impl ServeArgs {
                 max_body_bytes,
                 ..Limits::default()
             },
+            notify,
         })
     }
 }

@@ -24,6 +24,7 @@ pub struct Settings {
     pub pool_size: u32,
     pub rules: Rules,
     pub limits: Limits,
+    pub notify: epaccs_notify::NotifyOptions,
 }
 
 impl Settings {
@@ -99,6 +100,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         base_url: base_url.clone(),
         limits: settings.limits.clone(),
     };
+    epaccs_notify::start(
+        store.clone(),
+        Arc::new(settings.rules.clone()),
+        settings.notify.clone(),
+    );
     let server = epaccs_api::server(state, listener, settings.workers)?;
     let handle = server.handle();
     let server = tokio::spawn(server);

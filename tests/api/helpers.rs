@@ -120,6 +120,11 @@ fn settings(db_url: &str) -> Settings {
             max_body_bytes: 256 * 1024,
             max_bundle_entries: 100,
         },
+        notify: epaccs_notify::NotifyOptions {
+            max_attempts: 4,
+            base_delay: std::time::Duration::from_millis(50),
+            timeout: std::time::Duration::from_secs(2),
+        },
     }
 }
 

@@ -91,6 +91,7 @@ impl Gate {
                 self.now,
             )
             .permits(),
+            None if resource_type == "Subscription" => writer_org == self.principal.org.as_str(),
             None => resource_type != "AuditEvent" || self.principal.role == Role::PrivacyOfficer,
         }
     }
@@ -136,6 +137,14 @@ impl Gate {
                     }
                 }
             }
+            // A Subscription holds its owner's endpoint and secrets: only its organisation sees it.
+            None if resource_type == "Subscription" => match writer_org {
+                Some(o) if o != self.principal.org.as_str() => Decision::Deny {
+                    reveal: false,
+                    reason: "a subscription belongs to the organisation that made it".into(),
+                },
+                _ => Decision::Permit(crate::rules::Basis::WriterOrganisation),
+            },
             None => Decision::Permit(crate::rules::Basis::Relationship),
         };
         self.record(

@@ -80,6 +80,7 @@ pub fn statement(state: &AppState) -> Value {
                 "description": "SMART Backend Services (client_credentials with private_key_jwt). Every interaction is gated by the person's consent and audited."
             },
             "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
         }]
     })
 }

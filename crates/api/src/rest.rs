@@ -29,11 +29,14 @@ pub fn kind(ty: &str) -> Result<&'static ResourceKind, ApiError> {
 pub fn prepare_put(
     state: &AppState,
     kind: &'static ResourceKind,
-    body: Value,
+    mut body: Value,
     method: &'static str,
     url_id: Option<&str>,
 ) -> Result<Put, ApiError> {
     validate::validate(kind, &body)?;
+    if kind.name == "Subscription" {
+        subscription_rules(state, &mut body)?;
+    }
     match (url_id, body.get("id").and_then(Value::as_str)) {
         (Some(url), Some(b)) if url != b => {
             return Err(ApiError::BadRequest(format!(
@@ -67,6 +70,103 @@ pub fn prepare_put(
         link,
         method,
     })
+}
+
+/// Checks a Subscription and takes the server's part of it: a `requested` subscription becomes
+/// `active` (a handshake is then sent), an `error` one stays in error until set back.
+fn subscription_rules(state: &AppState, body: &mut Value) -> Result<(), ApiError> {
+    let bad = |path: &str, msg: String| {
+        ApiError::Unprocessable(vec![validate::Issue::error(
+            "value",
+            Some(format!("Subscription.{path}")),
+            msg,
+        )])
+    };
+    let criteria = body
+        .get("criteria")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let (ty, query) = criteria.split_once('?').unwrap_or((criteria.as_str(), ""));
+    if ty == "AuditEvent" {
+        if query != "subtype=110127"
+            && query != "subtype=http://dicom.nema.org/resources/ontology/DCM|110127"
+        {
+            return Err(bad(
+                "criteria",
+                "AuditEvent subscriptions are for break-glass alerts: AuditEvent?subtype=110127"
+                    .into(),
+            ));
+        }
+    } else {
+        let k = registry::kind_of(ty)
+            .filter(|k| k.client_writable && k.name != "Subscription")
+            .ok_or_else(|| {
+                bad(
+                    "criteria",
+                    format!("'{ty}' is not a resource type that can be subscribed to"),
+                )
+            })?;
+        Query::parse(state.store.params(), k.name, &query_pairs(query), true)
+            .map_err(|e| bad("criteria", e.to_string()))?;
+    }
+    let channel = body.get("channel").cloned().unwrap_or(Value::Null);
+    if channel.get("type").and_then(Value::as_str) != Some("rest-hook") {
+        return Err(bad(
+            "channel.type",
+            "only rest-hook channels are supported".into(),
+        ));
+    }
+    let endpoint = channel
+        .get("endpoint")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match url::Url::parse(endpoint) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => {
+            return Err(bad(
+                "channel.endpoint",
+                format!("'{endpoint}' is not an http(s) URL"),
+            ))
+        }
+    }
+    match channel.get("payload").and_then(Value::as_str) {
+        None | Some("application/fhir+json") | Some("application/json") => {}
+        Some(other) => {
+            return Err(bad(
+                "channel.payload",
+                format!("payload '{other}' is not supported; use application/fhir+json or none"),
+            ))
+        }
+    }
+    if body.get("status").and_then(Value::as_str) == Some("requested") {
+        body["status"] = Value::String("active".into());
+        if let Some(m) = body.as_object_mut() {
+            m.remove("error");
+        }
+    }
+    Ok(())
+}
+
+/// Break-glass alert subscriptions are for privacy officers and GPs only.
+fn check_subscriber(caller: &Caller, put: &Put) -> Result<(), ApiError> {
+    let is_alerts = put.kind.name == "Subscription"
+        && put
+            .body
+            .get("criteria")
+            .and_then(Value::as_str)
+            .is_some_and(|c| c.starts_with("AuditEvent"));
+    if is_alerts
+        && !matches!(
+            caller.principal().role,
+            epaccs_core::Role::PrivacyOfficer | epaccs_core::Role::Gp
+        )
+    {
+        return Err(ApiError::Forbidden(
+            "only privacy officers and GP practices may subscribe to break-glass alerts".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn fhir_body(body: &Body) -> Result<Value, ApiError> {
@@ -156,6 +256,7 @@ pub async fn create(
         let kind = kind(&ty)?;
         caller.require(kind.name, Interaction::Create)?;
         let put = prepare_put(&state, kind, fhir_body(&body)?, "POST", None)?;
+        check_subscriber(&caller, &put)?;
         let if_none_exist = match req.headers().get("if-none-exist") {
             Some(h) => {
                 let q = h

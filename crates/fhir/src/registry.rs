@@ -49,6 +49,7 @@ pub const KINDS: &[ResourceKind] = &[
     kind("Procedure", &["subject"]),
     kind("QuestionnaireResponse", &["subject"]),
     kind("Provenance", &["target"]),
+    kind("Subscription", &[]),
     ResourceKind {
         name: "AuditEvent",
         patient_elements: &[],

@@ -32,6 +32,9 @@ pub fn insert(conn: &mut DbConn, rec: &AuditRecord) -> Result<(), StoreError> {
         .bind(Bind::Bool(rec.break_glass));
     sql.push(", ").text(content).push(")");
     execute(conn, &sql)?;
+    if rec.break_glass {
+        crate::outbox::enqueue_alert(conn, &rec.id)?;
+    }
     for p in &rec.patients {
         let mut sql =
             Sql::new("INSERT INTO audit_patient (audit_id, patient_key, recorded) VALUES (");

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod clients;
 pub mod db;
 mod facts;
+pub mod outbox;
 pub mod resources;
 pub mod search;
 mod writer;
@@ -147,6 +148,11 @@ impl Store {
             params,
             backend,
         })
+    }
+
+    /// Signalled after every committed write batch.
+    pub fn commits(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.writer.committed.clone()
     }
 
     pub fn backend(&self) -> &'static str {

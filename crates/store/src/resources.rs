@@ -616,6 +616,7 @@ fn insert_new(conn: &mut DbConn, gate: &Gate, id: &str, put: Put) -> Result<Writ
     if let Some(k) = &key {
         facts::after_write(conn, k, put.kind.name, Some(&org))?;
     }
+    after_write(conn, gate, put.kind.name, id, 1, &content, "create")?;
     let stored = Stored {
         resource_type: put.kind.name.to_string(),
         id: id.to_string(),
@@ -652,6 +653,83 @@ fn index_with_link(put: &Put, key: Option<&str>) -> IndexRows {
         }
     }
     rows
+}
+
+/// Outbox events for matching subscriptions, and the delivery state of a written Subscription.
+fn after_write(
+    conn: &mut DbConn,
+    gate: &Gate,
+    ty: &str,
+    id: &str,
+    version: i64,
+    content: &str,
+    event: &str,
+) -> Result<(), StoreError> {
+    crate::outbox::enqueue_matches(conn, ty, id, version, event)?;
+    if ty == "Subscription" {
+        let value: Value =
+            serde_json::from_str(content).map_err(|e| StoreError::Internal(e.to_string()))?;
+        crate::outbox::after_subscription_write(
+            conn,
+            id,
+            Some(&value),
+            &gate.principal().client_id,
+        )?;
+    }
+    Ok(())
+}
+
+/// A server-made new version of a resource that is not patient data (e.g. a Subscription put in
+/// `error` by the delivery worker). Not gated: no person's data is read or written.
+pub fn system_update(
+    conn: &mut DbConn,
+    ty: &str,
+    id: &str,
+    change: impl FnOnce(&mut Value),
+) -> Result<(), StoreError> {
+    let Some(current) = current_row(conn, ty, id)? else {
+        return Ok(());
+    };
+    if current.patient_key.is_some() || current.deleted {
+        return Err(StoreError::Internal(
+            "system updates never touch patient data".into(),
+        ));
+    }
+    let mut value: Value =
+        serde_json::from_str(&current.content).map_err(|e| StoreError::Internal(e.to_string()))?;
+    change(&mut value);
+    let now = date::now_micros().max(current.last_updated + 1);
+    let version = current.version_id + 1;
+    let content = finalize(value, ty, id, version, now)?;
+    let mut sql = Sql::new("UPDATE resource SET version_id = ");
+    sql.int(version)
+        .push(", last_updated = ")
+        .int(now)
+        .push(", content = ")
+        .text(content.clone());
+    sql.push(" WHERE res_type = ")
+        .text(ty)
+        .push(" AND id = ")
+        .text(id)
+        .push(" AND version_id = ")
+        .int(current.version_id);
+    if execute(conn, &sql)? != 1 {
+        return Err(StoreError::Conflict(format!(
+            "{ty}/{id} changed concurrently"
+        )));
+    }
+    insert_version(
+        conn,
+        ty,
+        id,
+        version,
+        None,
+        &current.writer_org,
+        false,
+        now,
+        "PUT",
+        &content,
+    )
 }
 
 fn deny_write(d: Decision) -> Result<(), StoreError> {
@@ -754,6 +832,7 @@ fn update(
     if let Some(k) = &key {
         facts::after_write(conn, k, put.kind.name, Some(&org))?;
     }
+    after_write(conn, gate, put.kind.name, id, version, &content, "update")?;
     let stored = Stored {
         resource_type: put.kind.name.to_string(),
         id: id.to_string(),
@@ -798,6 +877,11 @@ fn delete(
             stored: current.stored(),
             status: WriteStatus::AlreadyDeleted,
         });
+    }
+    // Announce the delete while the index still describes the resource.
+    crate::outbox::enqueue_matches(conn, ty, id, current.version_id + 1, "delete")?;
+    if ty == "Subscription" {
+        crate::outbox::after_subscription_write(conn, id, None, &gate.principal().client_id)?;
     }
     let now = date::now_micros().max(current.last_updated + 1);
     let version = current.version_id + 1;

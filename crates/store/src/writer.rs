@@ -20,6 +20,8 @@ const WAIT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+    /// Signalled after every committed batch (wakes the notification worker).
+    pub committed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Writer {
@@ -28,11 +30,13 @@ impl Writer {
             .connect(true)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (tx, rx) = mpsc::channel::<Job>(8192);
+        let committed = std::sync::Arc::new(tokio::sync::Notify::new());
+        let signal = committed.clone();
         std::thread::Builder::new()
             .name("epaccs-writer".into())
-            .spawn(move || run(url, conn, rx))
+            .spawn(move || run(url, conn, rx, signal))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Writer { tx })
+        Ok(Writer { tx, committed })
     }
 
     /// Runs `f` in the next batch; resolves after the batch has committed durably.
@@ -65,7 +69,12 @@ impl Writer {
     }
 }
 
-fn run(url: DatabaseUrl, conn: DbConn, mut rx: mpsc::Receiver<Job>) {
+fn run(
+    url: DatabaseUrl,
+    conn: DbConn,
+    mut rx: mpsc::Receiver<Job>,
+    committed: std::sync::Arc<tokio::sync::Notify>,
+) {
     let mut conn = Some(conn);
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
@@ -97,6 +106,9 @@ fn run(url: DatabaseUrl, conn: DbConn, mut rx: mpsc::Receiver<Job>) {
         });
         if outcome.is_err() && c.batch_execute("SELECT 1").is_err() {
             conn = None;
+        }
+        if outcome.is_ok() {
+            committed.notify_one();
         }
         for done in completions {
             done(outcome.clone());
