@@ -60,6 +60,7 @@ pub struct Running {
     pub store: Store,
     pub handle: actix_web::dev::ServerHandle,
     pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub worker: epaccs_notify::Worker,
 }
 
 impl Running {
@@ -67,6 +68,7 @@ impl Running {
     pub async fn stop(self) {
         self.handle.stop(true).await;
         let _ = self.server.await;
+        self.worker.stop().await;
     }
 }
 
@@ -100,7 +102,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         base_url: base_url.clone(),
         limits: settings.limits.clone(),
     };
-    epaccs_notify::start(
+    let worker = epaccs_notify::start(
         store.clone(),
         Arc::new(settings.rules.clone()),
         settings.notify.clone(),
@@ -114,5 +116,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         store,
         handle,
         server,
+        worker,
     })
 }

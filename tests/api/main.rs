@@ -7,6 +7,7 @@ mod helpers;
 mod auth;
 mod bundles;
 mod emergency;
+mod notify;
 mod rest;
 mod search;
 mod sharing;

@@ -30,15 +30,56 @@ impl Default for NotifyOptions {
     }
 }
 
-/// Starts the delivery worker; it runs until the runtime stops.
-pub fn start(store: Store, rules: Arc<Rules>, opts: NotifyOptions) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// The running worker.
+pub struct Worker {
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    /// Stops after the current round and gives the delivery lease up.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the delivery worker.
+pub fn start(store: Store, rules: Arc<Rules>, opts: NotifyOptions) -> Worker {
+    let (shutdown, mut stopping) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
         let http = reqwest::Client::builder()
             .timeout(opts.timeout)
             .build()
             .unwrap_or_default();
         let wake = store.commits();
-        loop {
+        let me = format!("worker-{}", rand::thread_rng().gen::<u64>());
+        let mut lease_until = 0i64;
+        while !*stopping.borrow() {
+            // Only the lease holder delivers, so two instances never race on one subscription.
+            // A crashed holder's lease expires after LEASE.
+            let now = epaccs_fhir::date::now_micros();
+            if lease_until - now < LEASE.as_micros() as i64 / 3 {
+                let (holder, expires) = (me.clone(), now + LEASE.as_micros() as i64);
+                match store
+                    .write(move |c| outbox::acquire_lease(c, &holder, now, expires))
+                    .await
+                {
+                    Ok(true) => lease_until = expires,
+                    Ok(false) => {
+                        lease_until = 0;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), stopping.changed()).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot take the delivery lease");
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), stopping.changed()).await;
+                        continue;
+                    }
+                }
+            }
             let busy = match round(&store, &rules, &opts, &http).await {
                 Ok(n) => n > 0,
                 Err(e) => {
@@ -47,11 +88,26 @@ pub fn start(store: Store, rules: Arc<Rules>, opts: NotifyOptions) -> tokio::tas
                 }
             };
             if !busy {
-                let _ = tokio::time::timeout(Duration::from_millis(250), wake.notified()).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = wake.notified() => {}
+                    _ = stopping.changed() => {}
+                }
             }
         }
-    })
+        let holder = me.clone();
+        if let Err(e) = store
+            .write(move |c| outbox::release_lease(c, &holder))
+            .await
+        {
+            tracing::warn!(error = %e, "could not release the delivery lease");
+        }
+    });
+    Worker { shutdown, task }
 }
+
+/// How long a delivery lease lasts without renewal.
+const LEASE: Duration = Duration::from_secs(10);
 
 enum Delivery {
     Delivered,

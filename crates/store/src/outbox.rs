@@ -320,3 +320,27 @@ pub fn pending(conn: &mut DbConn) -> Result<i64, StoreError> {
     .first()
     .map_or(0, |h| h.n))
 }
+
+/// Takes or renews the delivery lease for `holder` until `expires`; false if another live
+/// worker holds it.
+pub fn acquire_lease(
+    conn: &mut DbConn,
+    holder: &str,
+    now: i64,
+    expires: i64,
+) -> Result<bool, StoreError> {
+    let mut sql = Sql::new("INSERT INTO worker_lease (name, holder, expires) VALUES ('delivery', ");
+    sql.text(holder).push(", ").int(expires).push(") ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires WHERE worker_lease.holder = ");
+    sql.text(holder)
+        .push(" OR worker_lease.expires < ")
+        .int(now);
+    Ok(execute(conn, &sql)? == 1)
+}
+
+/// Gives the delivery lease up (on a clean shutdown), so the next worker starts at once.
+pub fn release_lease(conn: &mut DbConn, holder: &str) -> Result<(), StoreError> {
+    let mut sql = Sql::new("DELETE FROM worker_lease WHERE name = 'delivery' AND holder = ");
+    sql.text(holder);
+    execute(conn, &sql)?;
+    Ok(())
+}

@@ -1,2 +1,3 @@
+DROP TABLE worker_lease;
 DROP TABLE outbox;
 DROP TABLE subscription;

@@ -29,3 +29,10 @@ CREATE TABLE outbox (
     outcome TEXT
 );
 CREATE INDEX outbox_pending ON outbox (delivered, subscription_id, seq);
+
+-- One delivery worker per database at a time (keeps per-subscription order across instances).
+CREATE TABLE worker_lease (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires BIGINT NOT NULL
+);
