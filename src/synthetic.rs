@@ -70,7 +70,7 @@ pub fn patient(i: usize, nhs: &str, gp_ods: &str) -> Value {
         "resourceType": "Patient",
         "identifier": [{"system": NhsNumber::SYSTEM, "value": nhs}],
         "name": [{"family": FAMILIES[i % FAMILIES.len()], "given": [GIVEN[(i / 7) % GIVEN.len()]]}],
-        "gender": if i % 2 == 0 { "female" } else { "male" },
+        "gender": if i.is_multiple_of(2) { "female" } else { "male" },
         "birthDate": format!("{}-{:02}-{:02}", 1925 + (i % 60), 1 + (i % 12), 1 + (i % 28)),
         "address": [{"line": [format!("{} Synthetic Street", 1 + i % 200)], "postalCode": POSTCODES[i % POSTCODES.len()]}],
         "generalPractitioner": [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": gp_ods}}]
@@ -87,7 +87,11 @@ pub fn record(i: usize, patient_id: &str, hospice_ods: &str) -> Vec<Value> {
         2 => "883001000000106", // by LPA
         _ => "882921000000109", // given
     };
-    let cpr = if i % 3 == 0 { "450475007" } else { "450476008" };
+    let cpr = if i.is_multiple_of(3) {
+        "450475007"
+    } else {
+        "450476008"
+    };
     let ppd = [
         "110481000000108",
         "108401000000102",

@@ -42,7 +42,7 @@ async fn parameter_types_and_modifiers(b: Backend) {
         ("family:contains=bot", vec![c.clone()]),
         ("name=alex", both.clone()),
         (
-            &"identifier=https://fhir.nhs.uk/Id/nhs-number|9990000018",
+            "identifier=https://fhir.nhs.uk/Id/nhs-number|9990000018",
             vec![],
         ),
         ("gender=male", vec![c.clone()]),
