@@ -6,6 +6,7 @@ mod helpers;
 
 mod auth;
 mod bundles;
+mod clinical;
 mod emergency;
 mod notify;
 mod rest;

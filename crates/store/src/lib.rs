@@ -4,6 +4,7 @@ pub mod audit;
 pub mod clients;
 pub mod db;
 mod facts;
+mod lifecycle;
 pub mod outbox;
 pub mod resources;
 pub mod search;

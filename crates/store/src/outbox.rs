@@ -12,7 +12,8 @@ use epaccs_fhir::search::SearchParams;
 use serde_json::Value;
 use std::sync::OnceLock;
 
-fn params() -> &'static SearchParams {
+/// The shipped search parameter definitions (compiled in), for work inside a transaction.
+pub(crate) fn params() -> &'static SearchParams {
     static P: OnceLock<SearchParams> = OnceLock::new();
     P.get_or_init(|| SearchParams::shipped().unwrap_or_default())
 }

@@ -298,6 +298,16 @@ pub struct Written {
 
 /// Applies one write inside the caller's transaction.
 pub fn apply(conn: &mut DbConn, gate: &Gate, op: WriteOp) -> Result<Written, StoreError> {
+    let written = apply_one(conn, gate, op)?;
+    if written.stored.resource_type == "Composition"
+        && matches!(written.status, WriteStatus::Created | WriteStatus::Updated)
+    {
+        crate::lifecycle::after_composition_write(conn, gate, &written.stored)?;
+    }
+    Ok(written)
+}
+
+fn apply_one(conn: &mut DbConn, gate: &Gate, op: WriteOp) -> Result<Written, StoreError> {
     match op {
         WriteOp::Create {
             put,
