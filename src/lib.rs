@@ -77,6 +77,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let params = Arc::new(
         SearchParams::shipped().context("the shipped search parameter definitions are invalid")?,
     );
+    let profiles = Arc::new(
+        epaccs_fhir::profile::Profiles::shipped().context("the shipped profiles are invalid")?,
+    );
     let url = settings.database_url.clone();
     let opts = StoreOptions {
         pool_size: settings.pool_size,
@@ -97,6 +100,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .map_err(|e| anyhow::anyhow!("cannot load the signing key: {e}"))?;
     let state = AppState {
         store: store.clone(),
+        profiles,
         tokens: Arc::new(tokens),
         rules: Arc::new(settings.rules.clone()),
         base_url: base_url.clone(),

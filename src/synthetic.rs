@@ -102,7 +102,7 @@ pub fn record(i: usize, patient_id: &str, hospice_ods: &str) -> Vec<Value> {
         json!({"resourceType": "Consent", "status": "active",
             "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
             "category": [{"coding": [{"system": "http://snomed.info/sct", "code": consent_code}]}],
-            "patient": subject, "dateTime": "2026-01-15",
+            "patient": subject.clone(), "performer": [subject.clone()], "dateTime": "2026-01-15",
             "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]}}),
         json!({"resourceType": "CareTeam", "status": "active", "subject": subject, "name": "Palliative care team",
             "participant": [{"member": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": hospice_ods}}}]}),
@@ -110,7 +110,7 @@ pub fn record(i: usize, patient_id: &str, hospice_ods: &str) -> Vec<Value> {
             "code": {"coding": [{"system": "http://snomed.info/sct", "code": cpr}]},
             "subject": subject, "effectiveDateTime": "2026-02-01T09:30:00Z", "performer": [{"display": "Dr Synthetic"}]}),
         json!({"resourceType": "Observation", "status": "final",
-            "code": {"text": "Preferred place of death"},
+            "code": {"coding": [{"system": "https://fhir.epaccs.nhs.example/CodeSystem/epaccs-observables", "code": "preferred-place-of-death"}]},
             "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": ppd}]},
             "subject": subject, "effectiveDateTime": "2026-02-01T09:30:00Z"}),
     ]

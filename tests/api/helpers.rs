@@ -457,6 +457,7 @@ pub fn consent(patient_id: &str, code: &str, date: &str) -> Value {
         "category": [{"coding": [{"system": "http://snomed.info/sct", "code": code}]}],
         "patient": {"reference": format!("Patient/{patient_id}")},
         "dateTime": date,
+        "performer": [{"reference": format!("Patient/{patient_id}")}],
         "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]}
     })
 }
@@ -471,6 +472,7 @@ pub fn observation(patient_id: &str, code: &str) -> Value {
         "status": "final",
         "code": {"coding": [{"system": "http://snomed.info/sct", "code": code}]},
         "subject": {"reference": format!("Patient/{patient_id}")},
-        "effectiveDateTime": "2026-10-01T10:00:00Z"
+        "effectiveDateTime": "2026-10-01T10:00:00Z",
+        "performer": [{"display": "Dr Example, GMC 7654321"}]
     })
 }

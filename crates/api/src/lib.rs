@@ -76,6 +76,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(audit::read))
                 .default_service(web::to(audit::immutable)),
         )
+        .service(
+            method_guarded("/StructureDefinition").route(web::get().to(rest::conformance_search)),
+        )
+        .service(
+            method_guarded("/StructureDefinition/{id}")
+                .route(web::get().to(rest::conformance_read)),
+        )
+        .service(method_guarded("/ValueSet").route(web::get().to(rest::conformance_search)))
+        .service(method_guarded("/ValueSet/{id}").route(web::get().to(rest::conformance_read)))
+        .service(method_guarded("/CodeSystem").route(web::get().to(rest::conformance_search)))
+        .service(method_guarded("/CodeSystem/{id}").route(web::get().to(rest::conformance_read)))
+        .service(method_guarded("/SearchParameter").route(web::get().to(rest::conformance_search)))
+        .service(
+            method_guarded("/SearchParameter/{id}").route(web::get().to(rest::conformance_read)),
+        )
         .service(method_guarded("/{type}/$validate").route(web::post().to(rest::validate_op)))
         .service(method_guarded("/{type}/{id}/$validate").route(web::post().to(validate_instance)))
         .service(method_guarded("/{type}/_search").route(web::post().to(rest::search_post)))

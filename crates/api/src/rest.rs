@@ -34,6 +34,10 @@ pub fn prepare_put(
     url_id: Option<&str>,
 ) -> Result<Put, ApiError> {
     validate::validate(kind, &body)?;
+    let issues = state.profiles.validate(&body);
+    if !issues.is_empty() {
+        return Err(ApiError::Unprocessable(issues));
+    }
     if kind.name == "Subscription" {
         subscription_rules(state, &mut body)?;
     }
@@ -817,4 +821,71 @@ pub async fn validate_op(
         Err(e) => return Err(e),
     };
     Ok(respond::json(StatusCode::OK, &outcome))
+}
+
+/// The conformance resources (StructureDefinition, ValueSet, CodeSystem, SearchParameter) the
+/// server loaded from `profiles/`: read by id, or searched by `url`, `name`, `type` or `_id`.
+pub async fn conformance_search(
+    state: web::Data<AppState>,
+    _caller: Caller,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let ty = req
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let pairs = query_pairs(req.query_string());
+    let mut items: Vec<&Value> = state.profiles.resources(&ty).iter().collect();
+    for (k, v) in &pairs {
+        let field = match k.as_str() {
+            "url" | "name" | "type" | "status" | "code" => k.as_str(),
+            "_id" => "id",
+            "_count" | "_format" | "_pretty" => continue,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "'{other}' is not supported on {ty} (url, name, type, status, code, _id)"
+                )))
+            }
+        };
+        items.retain(|r| r.get(field).and_then(Value::as_str) == Some(v.as_str()));
+    }
+    let entries: Vec<Value> = items
+        .iter()
+        .map(|r| json!({"fullUrl": format!("{}/{ty}/{}", state.base_url, r["id"].as_str().unwrap_or_default()), "resource": r, "search": {"mode": "match"}}))
+        .collect();
+    Ok(respond::json(
+        StatusCode::OK,
+        &bundle(
+            "searchset",
+            Some(entries.len()),
+            vec![("self", format!("{}{}", state.base_url, req.uri()))],
+            entries,
+        ),
+    ))
+}
+
+pub async fn conformance_read(
+    state: web::Data<AppState>,
+    _caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let ty = req
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let id = path.into_inner();
+    let r = state
+        .profiles
+        .resources(&ty)
+        .iter()
+        .find(|r| r["id"].as_str() == Some(id.as_str()))
+        .ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} not found")))?;
+    Ok(respond::json(StatusCode::OK, r))
 }

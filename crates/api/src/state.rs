@@ -25,6 +25,7 @@ impl Default for Limits {
 
 pub struct AppState {
     pub store: Store,
+    pub profiles: Arc<epaccs_fhir::profile::Profiles>,
     pub tokens: Arc<TokenService>,
     pub rules: Arc<Rules>,
     /// Absolute base URL of the FHIR endpoint, without a trailing slash.

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod date;
+pub mod profile;
 pub mod query;
 pub mod registry;
 pub mod search;
