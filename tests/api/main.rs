@@ -8,6 +8,7 @@ mod auth;
 mod bundles;
 mod clinical;
 mod emergency;
+mod examples;
 mod notify;
 mod rest;
 mod search;

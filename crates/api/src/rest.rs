@@ -774,6 +774,21 @@ pub async fn search_post(
     Ok(respond::json(StatusCode::OK, &b))
 }
 
+fn names_bundle_patient(kind: &ResourceKind, body: &Value) -> bool {
+    kind.patient_elements.iter().any(|e| {
+        let refs: Vec<&Value> = match body.get(*e) {
+            Some(Value::Array(a)) => a.iter().collect(),
+            Some(v) => vec![v],
+            None => vec![],
+        };
+        refs.iter().any(|r| {
+            r.get("reference")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.starts_with("urn:uuid:"))
+        })
+    })
+}
+
 /// `[type]/$validate` and `[type]/[id]/$validate`: report, never store.
 pub async fn validate_op(
     state: web::Data<AppState>,
@@ -800,7 +815,8 @@ pub async fn validate_op(
     }
     let _ = &caller;
     let outcome = match prepare_put(&state, kind, v, "POST", None) {
-        Ok(put) if put.link == PatientLink::Missing => {
+        // A urn:uuid reference names a Patient in the same bundle: fine when validating an entry.
+        Ok(put) if put.link == PatientLink::Missing && !names_bundle_patient(kind, &put.body) => {
             ApiError::Unprocessable(vec![validate::Issue::error(
                 "required",
                 Some(format!(

@@ -121,6 +121,19 @@ pub fn validate(expected: &ResourceKind, resource: &Value) -> Result<(), Validat
     }
 }
 
+/// Validates a resource of any R4 type by name (for conformance resources the server does not
+/// store as records).
+pub fn validate_as(type_name: &'static str, resource: &Value) -> Result<(), ValidationError> {
+    validate(
+        &ResourceKind {
+            name: type_name,
+            patient_elements: &[],
+            client_writable: false,
+        },
+        resource,
+    )
+}
+
 /// FHIR JSON forbids empty objects, empty arrays, empty strings and nulls (nulls are allowed only
 /// inside arrays of primitives that carry extensions in a `_name` sibling).
 fn check_empty(v: &Value, path: &str, issues: &mut Vec<Issue>) {
