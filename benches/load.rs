@@ -175,6 +175,7 @@ async fn run() {
         rules: epaccs_access::Rules::default(),
         limits: epaccs_api::Limits::default(),
         notify: epaccs_notify::NotifyOptions::default(),
+        nrl_url: None,
     };
     let running = epaccs::start(settings).await.expect("start");
     let base = running.base_url.clone();

@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// First notification retry delay in milliseconds (doubles per attempt, with jitter).
     #[arg(long, env = "EPACCS_NOTIFY_RETRY_MS", default_value = "500")]
     pub notify_retry_ms: String,
+    /// Base URL of a National Record Locator-style FHIR endpoint to publish pointers to (off if unset).
+    #[arg(long, env = "EPACCS_NRL_URL")]
+    pub nrl_url: Option<String>,
     /// Register a demo client (key written under ./data/) so the service can be tried at once.
     #[arg(long)]
     pub demo: bool,
@@ -208,6 +211,12 @@ impl ServeArgs {
                 ..Limits::default()
             },
             notify,
+            nrl_url: self
+                .nrl_url
+                .as_deref()
+                .map(Settings::parse_base_url)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("EPACCS_NRL_URL: {e}"))?,
         })
     }
 }

@@ -25,6 +25,8 @@ pub struct Settings {
     pub rules: Rules,
     pub limits: Limits,
     pub notify: epaccs_notify::NotifyOptions,
+    /// Base URL of a National Record Locator-style FHIR endpoint for pointers; off when None.
+    pub nrl_url: Option<String>,
 }
 
 impl Settings {
@@ -106,11 +108,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         base_url: base_url.clone(),
         limits: settings.limits.clone(),
     };
-    let worker = epaccs_notify::start(
-        store.clone(),
-        Arc::new(settings.rules.clone()),
-        settings.notify.clone(),
-    );
+    let nrl = settings.nrl_url.clone();
+    store
+        .write(move |c| epaccs_store::outbox::configure_locator(c, nrl.as_deref()))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot configure the record locator feed: {e}"))?;
+    let mut notify = settings.notify.clone();
+    notify.base_url = base_url.clone();
+    let worker = epaccs_notify::start(store.clone(), Arc::new(settings.rules.clone()), notify);
     let server = epaccs_api::server(state, listener, settings.workers)?;
     let handle = server.handle();
     let server = tokio::spawn(server);

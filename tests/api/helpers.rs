@@ -105,6 +105,7 @@ pub struct TestApp {
     running: Option<Running>,
     _dir: Option<tempfile::TempDir>,
     pg_db: Option<String>,
+    nrl_url: Option<String>,
     pub http: reqwest::Client,
 }
 
@@ -124,12 +125,19 @@ fn settings(db_url: &str) -> Settings {
             max_attempts: 4,
             base_delay: std::time::Duration::from_millis(50),
             timeout: std::time::Duration::from_secs(2),
+            base_url: String::new(),
         },
+        nrl_url: None,
     }
 }
 
 impl TestApp {
     pub async fn spawn(backend: Backend) -> TestApp {
+        Self::spawn_with(backend, None).await
+    }
+
+    /// Spawns with the record-locator feed pointed at `nrl_url`.
+    pub async fn spawn_with(backend: Backend, nrl_url: Option<String>) -> TestApp {
         let (db_url, dir, pg_db) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("tempdir");
@@ -146,9 +154,9 @@ impl TestApp {
                 (format!("{admin}/{name}"), None, Some(name))
             }
         };
-        let running = epaccs::start(settings(&db_url))
-            .await
-            .expect("server starts");
+        let mut s = settings(&db_url);
+        s.nrl_url = nrl_url.clone();
+        let running = epaccs::start(s).await.expect("server starts");
         TestApp {
             backend,
             base: running.base_url.clone(),
@@ -156,6 +164,7 @@ impl TestApp {
             running: Some(running),
             _dir: dir,
             pg_db,
+            nrl_url,
             http: reqwest::Client::new(),
         }
     }
@@ -165,9 +174,9 @@ impl TestApp {
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
-        let running = epaccs::start(settings(&self.db_url))
-            .await
-            .expect("server restarts");
+        let mut s = settings(&self.db_url);
+        s.nrl_url = self.nrl_url.clone();
+        let running = epaccs::start(s).await.expect("server restarts");
         self.base = running.base_url.clone();
         self.running = Some(running);
     }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 both_backends!(
+    record_locator_pointers_follow_the_form_and_the_consent,
     delivers_in_order_and_never_a_rolled_back_change,
     survives_receiver_outage_and_server_restart,
     retry_limit_sets_error_and_resumes,
@@ -455,4 +456,91 @@ async fn payloads_follow_the_subscribers_access(b: Backend) {
     let alert: Value = serde_json::from_str(&puts(&a)[0].body).expect("json");
     assert_eq!(alert["type"]["code"], "110113");
     assert!(alert.to_string().contains(&p));
+}
+
+async fn record_locator_pointers_follow_the_form_and_the_consent(b: Backend) {
+    let nrl = Receiver::start().await;
+    let app = TestApp::spawn_with(b, Some(nrl.url.clone())).await;
+    let gp = app.client("gp-system", "A81001", "gp").await;
+    let n = nhs(1);
+    let pid = gp.create(&patient(&n, "Pointer", "A81001")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    gp.create(&consent(&pid, GIVEN, "2026-01-01")).await;
+    let form = |focus: &str| {
+        json!({"resourceType": "Composition", "status": "final",
+        "type": {"coding": [{"system": "http://snomed.info/sct", "code": "1382601000000107"}]},
+        "subject": {"reference": format!("Patient/{pid}")}, "date": "2026-10-01", "author": [{"display": "Dr A"}], "title": "ReSPECT form",
+        "section": [{"title": "4", "text": {"status": "generated", "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{focus}</div>")}}]})
+    };
+    gp.create(&form("first")).await;
+    let d = nrl
+        .wait("first pointer", |d| {
+            puts(d).iter().any(|r| r.method == "PUT")
+        })
+        .await;
+    let first = puts(&d)
+        .into_iter()
+        .find(|r| r.method == "PUT")
+        .expect("put");
+    let p1: Value = serde_json::from_str(&first.body).expect("json");
+    assert_eq!(p1["status"], "current");
+    assert_eq!(p1["subject"]["identifier"]["value"], n.as_str());
+    assert_eq!(p1["custodian"]["identifier"]["value"], "A81001");
+    assert_eq!(p1["type"]["coding"][0]["code"], "1382601000000107");
+    assert_eq!(p1["category"][0]["coding"][0]["code"], "734163000");
+    assert!(p1["content"][0]["attachment"]["url"]
+        .as_str()
+        .expect("url")
+        .starts_with(&app.base));
+    let first_path = first.path.clone();
+
+    gp.create(&form("second")).await;
+    let d = nrl
+        .wait("supersession", |d| {
+            puts(d).iter().filter(|r| r.method == "PUT").count() >= 3
+        })
+        .await;
+    let latest = |path: &str| -> Value {
+        puts(&d)
+            .iter()
+            .filter(|r| r.path == path && r.method == "PUT")
+            .last()
+            .map(|r| serde_json::from_str(&r.body).expect("json"))
+            .expect("pointer")
+    };
+    assert_eq!(latest(&first_path)["status"], "superseded");
+    let second = puts(&d)
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path != first_path)
+        .last()
+        .expect("second")
+        .clone();
+    let p2: Value = serde_json::from_str(&second.body).expect("json");
+    assert_eq!(p2["status"], "current");
+    assert_eq!(p2["relatesTo"][0]["code"], "replaces");
+    assert!(first_path.ends_with(
+        p2["relatesTo"][0]["target"]["reference"]
+            .as_str()
+            .expect("ref")
+            .trim_start_matches("DocumentReference/")
+    ));
+
+    // Withdrawal of consent: every pointer for the person is removed.
+    gp.create(&consent(&pid, WITHDRAWN, "2026-11-01")).await;
+    let d = nrl
+        .wait("pointers removed", |d| {
+            d.iter().filter(|r| r.method == "DELETE").count() >= 2
+        })
+        .await;
+    let deleted: Vec<String> = d
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(
+        deleted.contains(&first_path) && deleted.contains(&second.path),
+        "{deleted:?}"
+    );
 }

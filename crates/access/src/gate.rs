@@ -35,6 +35,8 @@ pub struct Gate {
     rules: Arc<Rules>,
     now: i64,
     log: Mutex<Vec<LogEntry>>,
+    /// The record locator publishes pointers only while consent to share is in force.
+    locator: bool,
 }
 
 impl Gate {
@@ -44,6 +46,16 @@ impl Gate {
             rules,
             now: epaccs_fhir::date::now_micros(),
             log: Mutex::new(Vec::new()),
+            locator: false,
+        }
+    }
+
+    /// The gate of the national record locator feed: it sees a person's data (to publish
+    /// pointers) only while their consent to share is in force, whoever wrote it.
+    pub fn for_locator(principal: Principal, rules: Arc<Rules>) -> Self {
+        Gate {
+            locator: true,
+            ..Gate::new(principal, rules)
         }
     }
 
@@ -79,6 +91,7 @@ impl Gate {
         writer_org: &str,
     ) -> bool {
         match patient {
+            Some((_, facts)) if self.locator => facts.consent_in_force(self.now),
             Some((_, facts)) => decide(
                 &self.rules,
                 &self.principal,
@@ -116,6 +129,16 @@ impl Gate {
         action: Action,
     ) -> Decision {
         let decision = match patient {
+            Some((_, facts)) if self.locator => {
+                if action == Action::Read && facts.consent_in_force(self.now) {
+                    Decision::Permit(crate::rules::Basis::Consent)
+                } else {
+                    Decision::Deny {
+                        reveal: false,
+                        reason: "no consent to share is in force".into(),
+                    }
+                }
+            }
             Some((_, facts)) => decide(
                 &self.rules,
                 &self.principal,

@@ -18,6 +18,8 @@ pub struct NotifyOptions {
     pub base_delay: Duration,
     /// HTTP timeout per delivery.
     pub timeout: Duration,
+    /// This service's FHIR base URL (record-locator pointers link back to it).
+    pub base_url: String,
 }
 
 impl Default for NotifyOptions {
@@ -26,6 +28,7 @@ impl Default for NotifyOptions {
             max_attempts: 8,
             base_delay: Duration::from_millis(500),
             timeout: Duration::from_secs(5),
+            base_url: String::new(),
         }
     }
 }
@@ -146,7 +149,7 @@ async fn deliver_in_order(
 ) -> Result<usize, StoreError> {
     let mut settled = 0;
     for ev in events {
-        match deliver(store, rules, http, &sub, &ev).await? {
+        match deliver(store, rules, http, &sub, &ev, &opts.base_url).await? {
             Delivery::Delivered => {
                 let seq = ev.seq;
                 store
@@ -222,7 +225,11 @@ async fn deliver(
     http: &reqwest::Client,
     sub: &Subscription,
     ev: &Event,
+    base: &str,
 ) -> Result<Delivery, StoreError> {
+    if sub.owner_client == outbox::LOCATOR_CLIENT {
+        return locator::deliver(store, rules, http, sub, ev, base).await;
+    }
     let Some(principal) = subscriber(store, &sub.owner_client).await? else {
         return Ok(Delivery::Suppressed);
     };
@@ -323,6 +330,8 @@ async fn deliver(
     }
     Ok(result)
 }
+
+mod locator;
 
 async fn send(req: reqwest::RequestBuilder) -> Delivery {
     match req.send().await {

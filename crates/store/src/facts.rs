@@ -66,6 +66,9 @@ pub(crate) fn after_write(
     ty: &str,
     org: Option<&str>,
 ) -> Result<(), StoreError> {
+    if ty == "Consent" {
+        crate::outbox::refresh_locator(conn, key)?;
+    }
     let mut facts = load_facts(conn, key)?;
     let new_writer = org.is_some_and(|o| !facts.writer_orgs.contains(o));
     if !new_writer && !matches!(ty, "Patient" | "Consent" | "CareTeam") {

@@ -345,3 +345,75 @@ pub fn release_lease(conn: &mut DbConn, holder: &str) -> Result<(), StoreError> 
     execute(conn, &sql)?;
     Ok(())
 }
+
+/// The client id under which the record-locator feed runs.
+pub const LOCATOR_CLIENT: &str = "epaccs-nrl";
+
+/// What the locator publishes: ReSPECT form indexes and end-of-life care plans.
+const LOCATOR_FEEDS: [(&str, &str, &str); 2] = [
+    (
+        "nrl-respect",
+        "DocumentReference",
+        "DocumentReference?type=http://snomed.info/sct|1382601000000107",
+    ),
+    (
+        "nrl-eol-plan",
+        "CarePlan",
+        "CarePlan?category=http://snomed.info/sct|736373009",
+    ),
+];
+
+/// Turns the record-locator feed on (pointers to `url`) or off.
+pub fn configure_locator(conn: &mut DbConn, url: Option<&str>) -> Result<(), StoreError> {
+    for (id, ty, criteria) in LOCATOR_FEEDS {
+        let mut del = Sql::new("DELETE FROM subscription WHERE id = ");
+        del.text(id);
+        execute(conn, &del)?;
+        if let Some(u) = url {
+            let mut sql = Sql::new(&format!(
+                "INSERT INTO subscription ({SUB_COLUMNS}, updated) VALUES ("
+            ));
+            sql.text(id)
+                .push(", ")
+                .text(LOCATOR_CLIENT)
+                .push(", ")
+                .text(ty)
+                .push(", ")
+                .text(criteria)
+                .push(", ")
+                .text(u);
+            sql.push(", '[]', 'application/fhir+json', 'active', NULL, ")
+                .int(epaccs_fhir::date::now_micros())
+                .push(")");
+            execute(conn, &sql)?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Key {
+    #[diesel(sql_type = Text)]
+    res_type: String,
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = BigInt)]
+    version_id: i64,
+}
+
+/// After a change to a person's consent: the locator re-checks each pointer it may have
+/// published for them (published again if consent is in force, deleted if not).
+pub fn refresh_locator(conn: &mut DbConn, patient_key: &str) -> Result<(), StoreError> {
+    for (feed, ty, _) in LOCATOR_FEEDS {
+        if get(conn, feed)?.is_none_or(|s| s.status != "active") {
+            continue;
+        }
+        let mut sql =
+            Sql::new("SELECT res_type, id, version_id FROM resource WHERE patient_key = ");
+        sql.text(patient_key).push(" AND res_type = ").text(ty);
+        for k in load::<Key>(conn, &sql)? {
+            enqueue(conn, feed, "refresh", &k.res_type, &k.id, k.version_id)?;
+        }
+    }
+    Ok(())
+}
