@@ -584,34 +584,7 @@ pub async fn history_instance(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (ty, id) = path.into_inner();
-    let b = caller
-        .audited(&state, "history-instance", Some(&ty), async {
-            let kind = kind(&ty)?;
-            caller.require(kind.name, Interaction::Read)?;
-            let (since, count, cursor) = history_params(&state, req.query_string())?;
-            let gate = caller.gate.clone();
-            let (t, i) = (kind.name.to_string(), id.clone());
-            let (entries, next) = state
-                .store
-                .with_conn(move |c| {
-                    resources::history(c, &gate, &t, Some(&i), since, count, cursor)
-                })
-                .await?;
-            let base_path = format!("{}/{}/{}/_history", state.base_url, ty, id);
-            let self_url = if req.query_string().is_empty() {
-                base_path.clone()
-            } else {
-                format!("{base_path}?{}", req.query_string())
-            };
-            Ok(history_bundle(
-                &state,
-                entries,
-                self_url,
-                next.map(|n| next_link(&base_path, req.query_string(), &n.to_string())),
-            ))
-        })
-        .await?;
-    Ok(respond::json(StatusCode::OK, &b))
+    history(&state, &caller, &req, ty, Some(id)).await
 }
 
 pub async fn history_type(
@@ -620,26 +593,46 @@ pub async fn history_type(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let ty = path.into_inner();
+    history(&state, &caller, &req, path.into_inner(), None).await
+}
+
+/// Instance history (`id` given) or type history, gated entry by entry, paged by position.
+async fn history(
+    state: &AppState,
+    caller: &Caller,
+    req: &HttpRequest,
+    ty: String,
+    id: Option<String>,
+) -> Result<HttpResponse, ApiError> {
+    let interaction = if id.is_some() {
+        "history-instance"
+    } else {
+        "history-type"
+    };
     let b = caller
-        .audited(&state, "history-type", Some(&ty), async {
+        .audited(state, interaction, Some(&ty), async {
             let kind = kind(&ty)?;
             caller.require(kind.name, Interaction::Read)?;
-            let (since, count, cursor) = history_params(&state, req.query_string())?;
+            let (since, count, cursor) = history_params(state, req.query_string())?;
             let gate = caller.gate.clone();
-            let t = kind.name.to_string();
+            let (t, i) = (kind.name.to_string(), id.clone());
             let (entries, next) = state
                 .store
-                .with_conn(move |c| resources::history(c, &gate, &t, None, since, count, cursor))
+                .with_conn(move |c| {
+                    resources::history(c, &gate, &t, i.as_deref(), since, count, cursor)
+                })
                 .await?;
-            let base_path = format!("{}/{}/_history", state.base_url, ty);
+            let base_path = match &id {
+                Some(id) => format!("{}/{ty}/{id}/_history", state.base_url),
+                None => format!("{}/{ty}/_history", state.base_url),
+            };
             let self_url = if req.query_string().is_empty() {
                 base_path.clone()
             } else {
                 format!("{base_path}?{}", req.query_string())
             };
             Ok(history_bundle(
-                &state,
+                state,
                 entries,
                 self_url,
                 next.map(|n| next_link(&base_path, req.query_string(), &n.to_string())),

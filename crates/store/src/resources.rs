@@ -711,23 +711,13 @@ pub fn system_update(
     let now = date::now_micros().max(current.last_updated + 1);
     let version = current.version_id + 1;
     let content = finalize(value, ty, id, version, now)?;
-    let mut sql = Sql::new("UPDATE resource SET version_id = ");
-    sql.int(version)
+    let mut set = Sql::new("version_id = ");
+    set.int(version)
         .push(", last_updated = ")
         .int(now)
         .push(", content = ")
         .text(content.clone());
-    sql.push(" WHERE res_type = ")
-        .text(ty)
-        .push(" AND id = ")
-        .text(id)
-        .push(" AND version_id = ")
-        .int(current.version_id);
-    if execute(conn, &sql)? != 1 {
-        return Err(StoreError::Conflict(format!(
-            "{ty}/{id} changed concurrently"
-        )));
-    }
+    advance_row(conn, ty, id, current.version_id, &set)?;
     insert_version(
         conn,
         ty,
@@ -740,6 +730,32 @@ pub fn system_update(
         "PUT",
         &content,
     )
+}
+
+/// Moves the current row of `ty/id` on from `from_version` with the given SET clause. The
+/// version check in the WHERE clause makes a concurrent change by another instance a 409, never
+/// a lost update.
+fn advance_row(
+    conn: &mut DbConn,
+    ty: &str,
+    id: &str,
+    from_version: i64,
+    set: &Sql,
+) -> Result<(), StoreError> {
+    let mut sql = Sql::new("UPDATE resource SET ");
+    sql.append(set)
+        .push(" WHERE res_type = ")
+        .text(ty)
+        .push(" AND id = ")
+        .text(id)
+        .push(" AND version_id = ")
+        .int(from_version);
+    if execute(conn, &sql)? != 1 {
+        return Err(StoreError::Conflict(format!(
+            "{ty}/{id} was changed by a concurrent write; retry"
+        )));
+    }
+    Ok(())
 }
 
 fn deny_write(d: Decision) -> Result<(), StoreError> {
@@ -803,28 +819,17 @@ fn update(
     let org = gate.principal().org.to_string();
     let index = index_with_link(&put, key.as_deref());
     let content = finalize(put.body, put.kind.name, id, version, now)?;
-    let mut sql = Sql::new("UPDATE resource SET version_id = ");
-    sql.int(version)
+    let mut set = Sql::new("version_id = ");
+    set.int(version)
         .push(", patient_key = ")
         .bind(Bind::OptText(key.clone()))
         .push(", writer_org = ")
         .text(org.clone());
-    sql.push(", deleted = FALSE, last_updated = ")
+    set.push(", deleted = FALSE, last_updated = ")
         .int(now)
         .push(", content = ")
         .text(content.clone());
-    sql.push(" WHERE res_type = ")
-        .text(put.kind.name)
-        .push(" AND id = ")
-        .text(id)
-        .push(" AND version_id = ")
-        .int(current.version_id);
-    if execute(conn, &sql)? != 1 {
-        return Err(StoreError::Conflict(format!(
-            "{}/{id} was changed by a concurrent write; retry",
-            put.kind.name
-        )));
-    }
+    advance_row(conn, put.kind.name, id, current.version_id, &set)?;
     insert_version(
         conn,
         put.kind.name,
@@ -896,23 +901,13 @@ fn delete(
     let now = date::now_micros().max(current.last_updated + 1);
     let version = current.version_id + 1;
     let org = gate.principal().org.to_string();
-    let mut sql = Sql::new("UPDATE resource SET version_id = ");
-    sql.int(version)
+    let mut set = Sql::new("version_id = ");
+    set.int(version)
         .push(", deleted = TRUE, last_updated = ")
         .int(now)
         .push(", writer_org = ")
         .text(org.clone());
-    sql.push(" WHERE res_type = ")
-        .text(ty)
-        .push(" AND id = ")
-        .text(id)
-        .push(" AND version_id = ")
-        .int(current.version_id);
-    if execute(conn, &sql)? != 1 {
-        return Err(StoreError::Conflict(format!(
-            "{ty}/{id} was changed by a concurrent write; retry"
-        )));
-    }
+    advance_row(conn, ty, id, current.version_id, &set)?;
     insert_version(
         conn,
         ty,
