@@ -369,5 +369,114 @@ async fn run() {
     })
     .await
     .print(Some(top));
+    notifications(&http, &base, &gp, &ids, secs).await;
     running.stop().await;
+}
+
+/// Subscribes a loopback receiver, then creates observations as fast as 32 writers can and
+/// measures the delay from commit (the 201) to delivery, and the rate the worker sustains.
+async fn notifications(
+    http: &reqwest::Client,
+    base: &str,
+    gp: &str,
+    ids: &Arc<Vec<String>>,
+    secs: u64,
+) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let a = arrivals.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}/fhir", listener.local_addr().expect("addr"));
+    let receiver = HttpServer::new(move || {
+        let a = a.clone();
+        App::new().default_service(web::to(move |req: actix_web::HttpRequest| {
+            let a = a.clone();
+            async move {
+                if let Some(id) = req.path().rsplit('/').next() {
+                    a.lock()
+                        .expect("lock")
+                        .insert(id.to_string(), Instant::now());
+                }
+                HttpResponse::Ok().finish()
+            }
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .expect("listen")
+    .run();
+    tokio::spawn(receiver);
+    let sub = json!({"resourceType": "Subscription", "status": "requested", "reason": "benchmark", "criteria": "Observation?code=http://snomed.info/sct|871021000000106",
+        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"}});
+    let r = http
+        .post(format!("{base}/Subscription"))
+        .bearer_auth(gp)
+        .header("content-type", "application/fhir+json")
+        .body(sub.to_string())
+        .send()
+        .await
+        .expect("subscribe");
+    assert_eq!(r.status().as_u16(), 201);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let committed: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let (c, b, t, ids2, cm) = (
+        http.clone(),
+        base.to_string(),
+        gp.to_string(),
+        ids.clone(),
+        committed.clone(),
+    );
+    let started = Instant::now();
+    let writes = drive("create Observation (subscribed)", secs.min(3), move |i| {
+        let body = json!({"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "871021000000106"}]},
+            "subject": {"reference": format!("Patient/{}", ids2[i % ids2.len()])}, "effectiveDateTime": "2026-11-01T10:00:00Z"}).to_string();
+        let (c, u, t, cm) = (c.clone(), format!("{b}/Observation"), t.clone(), cm.clone());
+        async move {
+            let Ok(r) = c.post(&u).bearer_auth(&t).header("content-type", "application/fhir+json").body(body).send().await else { return false };
+            let done = Instant::now();
+            let ok = r.status().as_u16() == 201;
+            if let Ok(v) = r.json::<Value>().await {
+                if let Some(id) = v["id"].as_str() {
+                    cm.lock().expect("lock").insert(id.to_string(), done);
+                }
+            }
+            ok
+        }
+    })
+    .await;
+    writes.print(None);
+    let expected = committed.lock().expect("lock").len();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while arrivals.lock().expect("lock").len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let arrived = arrivals.lock().expect("lock").clone();
+    let committed = committed.lock().expect("lock").clone();
+    let mut delays: Vec<f64> = committed
+        .iter()
+        .filter_map(|(id, t)| {
+            arrived
+                .get(id)
+                .map(|a| a.saturating_duration_since(*t).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    delays.sort_by(|x, y| x.total_cmp(y));
+    let last = arrived.values().max().copied().unwrap_or(started);
+    let q = |p: f64| {
+        delays
+            .get(((delays.len() as f64 * p) as usize).min(delays.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    println!(
+        "{:<34} {:>9.0} events/s         commit->delivery p50 {:>7.2} ms  p99 {:>7.2} ms  delivered {}/{}",
+        "notifications (rest-hook, payload)",
+        arrived.len() as f64 / last.duration_since(started).as_secs_f64(),
+        q(0.50),
+        q(0.99),
+        delays.len(),
+        expected
+    );
 }

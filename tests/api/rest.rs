@@ -541,3 +541,66 @@ async fn fhir_sdk_client_round_trip(b: Backend) {
         .expect("read")
         .is_none());
 }
+
+/// The database goes away (connections refused, existing ones cut): 503 with Retry-After as an
+/// OperationOutcome, then recovery once it is back. PostgreSQL only: a SQLite file cannot be cut
+/// off from a running process this way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_unavailable_is_503_then_recovers() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let gp = app.client("gp-system", "A81001", "gp").await;
+    let p = gp.create(&patient(&nhs(1), "Outage", "A81001")).await;
+    let path = format!("/Patient/{}", p["id"].as_str().expect("id"));
+    let name = app.db_url.rsplit('/').next().expect("db name").to_string();
+    let mut admin =
+        diesel::PgConnection::establish(&format!("{}/postgres", pg_admin_url())).expect("admin");
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"))
+        .expect("cut off");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let r = gp.get(&path).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(r.header("retry-after").is_some());
+    r.outcome();
+    assert!(
+        !r.text.to_lowercase().contains("postgres"),
+        "a 503 leaked internals: {}",
+        r.text
+    );
+    let w = gp
+        .post("/Patient", &patient(&nhs(2), "Lost", "A81001"))
+        .await;
+    assert_eq!(w.status, 503, "{}", w.text);
+
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .expect("restore");
+    let mut recovered = false;
+    for _ in 0..40 {
+        if gp.get(&path).await.status == 200
+            && gp
+                .post("/Patient", &patient(&nhs(3), "Back", "A81001"))
+                .await
+                .status
+                == 201
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        recovered,
+        "the service did not recover when the database came back"
+    );
+    // The write refused during the outage was not stored.
+    let lost = gp
+        .get(&format!(
+            "/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
+            nhs(2)
+        ))
+        .await;
+    assert_eq!(lost.entries(Some("match")).len(), 0);
+}
