@@ -711,6 +711,9 @@ fn searchset(
     if let Some(c) = &page.next_cursor {
         links.push(("next", next_link(&base_path, &qs, c)));
     }
+    if let Some(c) = &page.prev_cursor {
+        links.push(("previous", next_link(&base_path, &qs, c)));
+    }
     bundle("searchset", page.total, links, entries)
 }
 

@@ -21,6 +21,8 @@ pub struct SearchPage {
     pub matches: Vec<Stored>,
     pub includes: Vec<Stored>,
     pub next_cursor: Option<String>,
+    /// Position before the first row, when rows come before this page.
+    pub prev_cursor: Option<String>,
     pub total: Option<usize>,
     /// How many candidates the sharing rules withheld while filling this page.
     pub withheld: usize,
@@ -267,13 +269,17 @@ struct Cursor {
     i: Option<i64>,
     t: Option<String>,
     id: String,
+    /// Backward: the page ends just before this position (a `previous` link).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    b: bool,
 }
 
-fn encode_cursor(r: &SortedRow) -> String {
+fn encode_cursor(r: &SortedRow, backward: bool) -> String {
     let c = Cursor {
         i: r.sv_int,
         t: r.sv_text.clone(),
         id: r.res.id.clone(),
+        b: backward,
     };
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(serde_json::to_vec(&c).unwrap_or_default())
@@ -336,22 +342,27 @@ pub fn search(
     let page_size = q.page_size();
     let (int_e, text_e, desc) = sort_exprs(q);
     let mut cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    // A backward page walks the same order in reverse from its cursor, then flips the rows.
+    let backward = cursor.as_ref().is_some_and(|c| c.b);
+    let started_mid_list = cursor.is_some();
+    let walk_desc = desc != backward;
     let mut page = SearchPage::default();
     let mut facts_cache = HashMap::new();
     let batch = (page_size + 1).clamp(2, 1001) as i64;
+    // (forward position, backward position) of each row on the page, in walk order.
+    let mut positions: Vec<(String, String)> = Vec::new();
+    let mut more = false;
     if page_size > 0 && q.summary != epaccs_fhir::query::Summary::Count {
         'fill: loop {
             let mut sql = Sql::new(&format!("SELECT * FROM (SELECT {ROW_COLUMNS}, {int_e} AS sv_int, {text_e} AS sv_text FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.patient_key"));
             sql.append(&where_clause(ty, &q.filters)).push(") s");
             if let Some(c) = &cursor {
-                let (gt, col) = (
-                    if desc { "<" } else { ">" },
-                    if c.i.is_some() {
-                        "s.sv_int"
-                    } else {
-                        "s.sv_text"
-                    },
-                );
+                let gt = if walk_desc { "<" } else { ">" };
+                let col = if c.i.is_some() {
+                    "s.sv_int"
+                } else {
+                    "s.sv_text"
+                };
                 let sv = match (&c.i, &c.t) {
                     (Some(i), _) => Bind::Int(*i),
                     (None, Some(t)) => Bind::Text(t.clone()),
@@ -364,7 +375,7 @@ pub fn search(
                     .text(c.id.clone())
                     .push("))");
             }
-            let dir = if desc { "DESC" } else { "ASC" };
+            let dir = if walk_desc { "DESC" } else { "ASC" };
             let col = if int_e == "NULL" {
                 "s.sv_text"
             } else {
@@ -375,32 +386,51 @@ pub fn search(
             let rows: Vec<SortedRow> = load(conn, &sql)?;
             let exhausted = (rows.len() as i64) < batch;
             for r in rows {
-                let position = encode_cursor(&r);
+                let here = (encode_cursor(&r, false), encode_cursor(&r, true));
                 cursor = Some(Cursor {
                     i: r.sv_int,
                     t: r.sv_text.clone(),
                     id: r.res.id.clone(),
+                    b: backward,
                 });
                 match gate_row(gate, r.res, &mut facts_cache, true)? {
                     Decided::Visible(s) => {
                         if page.matches.len() == page_size {
-                            // One more visible row exists: there is a next page.
+                            more = true;
                             break 'fill;
                         }
                         page.matches.push(s);
-                        page.next_cursor = Some(position);
+                        positions.push(here);
                     }
                     Decided::Withheld { .. } => page.withheld += 1,
                 }
             }
             if exhausted {
-                page.next_cursor = None;
                 break;
             }
         }
-        if page.matches.len() < page_size {
-            page.next_cursor = None;
-        }
+    }
+    if backward {
+        page.matches.reverse();
+        positions.reverse();
+        // We came from after this page, so a next page exists; earlier rows only if found.
+        page.next_cursor = positions.last().map(|p| p.0.clone());
+        page.prev_cursor = if more {
+            positions.first().map(|p| p.1.clone())
+        } else {
+            None
+        };
+    } else {
+        page.next_cursor = if more {
+            positions.last().map(|p| p.0.clone())
+        } else {
+            None
+        };
+        page.prev_cursor = if started_mid_list {
+            positions.first().map(|p| p.1.clone())
+        } else {
+            None
+        };
     }
     if q.total == epaccs_fhir::query::Total::Accurate
         || q.summary == epaccs_fhir::query::Summary::Count
