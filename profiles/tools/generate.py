@@ -63,6 +63,8 @@ valuesets = [
     vs("preferred-place-observables", "Preferred place observables", [
         ("preferred-place-of-care", "Preferred place of care"), ("preferred-place-of-death", "Preferred place of death")], system=LOCAL),
     vs("actual-place-observable", "Actual place of death observable", [("actual-place-of-death", "Actual place of death")], system=LOCAL),
+    vs("palliative-register", "On the palliative care register", [("1403151000000103", "On palliative care register")]),
+    vs("what-matters", "What matters to me", [("what-matters-to-me", "What matters to me")], system=LOCAL),
     vs("sharing-roles", "Sharing roles", [(r, r) for r in ["gp", "community", "hospice", "ambulance", "urgent-care", "acute", "care-home", "privacy-officer", "admin"]], system=ROLE),
 ]
 
@@ -76,7 +78,8 @@ codesystems = [
                  {"code": "preferred-place-of-death", "display": "Preferred place of death"},
                  {"code": "actual-place-of-death", "display": "Actual place of death"},
                  {"code": "second-choice", "display": "Second choice"},
-                 {"code": "usual-residence", "display": "Is the usual place of residence"}]},
+                 {"code": "usual-residence", "display": "Is the usual place of residence"},
+                 {"code": "what-matters-to-me", "display": "What matters to me"}]},
 ]
 
 def el(path, **kw):
@@ -136,6 +139,7 @@ profiles = [
         el("Observation.performer", min=1, max="*"),
     ], "Whether CPR should be attempted, with the decision date (effective), the senior clinician who decided (performer), who was involved and informed (component or note) and a planned review date."),
     profile("EPaCCS-ReSPECTForm", "Composition", "ReSPECT form (document)", "Composition.type in " + f"{BASE}/ValueSet/respect-form", [
+        el("Composition", constraint=[("epaccs-respect-1", "Section 4 (clinical recommendations for emergency care and treatment) is present")]),
         el("Composition.status", min=1, max="1"),
         el("Composition.type", min=1, max="1", binding="respect-form"),
         el("Composition.subject", min=1, max="1"),
@@ -143,6 +147,23 @@ profiles = [
         el("Composition.author", min=1, max="*"),
         el("Composition.section", min=1, max="9"),
     ], "A ReSPECT form (version 3) as a document: sections 1-9 (plan belongs to, shared understanding, what matters (0-10), clinical recommendations incl. CPR, capacity, involvement, clinicians' signatures, emergency contacts, reviews)."),
+    profile("EPaCCS-RegisterEnrolment", "Flag", "Enrolment on the palliative care register", "Flag.code in " + f"{BASE}/ValueSet/palliative-register", [
+        el("Flag.status", min=1, max="1"),
+        el("Flag.subject", min=1, max="1"),
+        el("Flag.period", min=1, max="1"),
+        el("Flag.period.start", min=1, max="1"),
+    ], "The person is on the palliative care register (1403151000000103) from period.start."),
+    profile("EPaCCS-WhatMattersGoal", "Goal", "What matters to me", "Goal.category in " + f"{BASE}/ValueSet/what-matters", [
+        el("Goal.lifecycleStatus", min=1, max="1"),
+        el("Goal.description", min=1, max="1"),
+        el("Goal.subject", min=1, max="1"),
+    ], "A 'what matters to me' goal of an advance or end-of-life care plan, in the person's words."),
+    profile("EPaCCS-CareTeam", "CareTeam", "Key worker and contacts", "CareTeam", [
+        el("CareTeam.status", min=1, max="1"),
+        el("CareTeam.subject", min=1, max="1"),
+        el("CareTeam.participant", min=1, max="*"),
+        el("CareTeam.participant.member", min=1, max="1"),
+    ], "The key worker, the professionals involved and 24-hour contacts; member by reference or by ODS/SDS identifier."),
     profile("EPaCCS-ReSPECTIndex", "DocumentReference", "ReSPECT form index (NRL-style pointer)", "DocumentReference.type in " + f"{BASE}/ValueSet/respect-form", [
         el("DocumentReference.status", min=1, max="1"),
         el("DocumentReference.type", min=1, max="1", binding="respect-form"),

@@ -18,7 +18,7 @@ fn respect_form(pid: &str, date: &str) -> Value {
         "type": {"coding": [{"system": "http://snomed.info/sct", "code": RESPECT}]},
         "subject": {"reference": format!("Patient/{pid}")}, "date": date,
         "author": [{"display": "Dr Example, GMC 7654321"}], "title": "ReSPECT form",
-        "section": [{"title": "Clinical recommendations", "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Focus on comfort</div>"}}]})
+        "section": [{"title": "4. Clinical recommendations", "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Focus on comfort</div>"}}]})
 }
 
 fn index(pid: &str, composition: &str, status: &str, replaces: Option<&str>) -> Value {

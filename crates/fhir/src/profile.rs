@@ -7,7 +7,8 @@
 //!
 //! What is checked, from each profile's differential: cardinality (`min`/`max`), `fixed[x]` and
 //! `pattern[x]` values, required bindings against the shipped ValueSets, and the named
-//! invariants (`ppc-1`, `epaccs-review-1`, `epaccs-ppd-1`, `epaccs-akps-1`, `epaccs-meds-1`).
+//! invariants (`ppc-1`, `epaccs-review-1`, `epaccs-ppd-1`, `epaccs-akps-1`, `epaccs-meds-1`,
+//! `epaccs-respect-1`).
 
 use crate::date;
 use crate::validate::Issue;
@@ -473,6 +474,23 @@ fn invariant(key: &str, r: &Value) -> Option<String> {
                 Some(n) => Some(format!("{n} is not one of 0, 10, ... 100")),
                 None => Some("no integer value".into()),
             }
+        }
+        "epaccs-respect-1" => {
+            let has4 = r
+                .get("section")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|sec| {
+                    let by_code =
+                        sec.pointer("/code/coding/0/code").and_then(Value::as_str) == Some("4");
+                    let by_title = sec
+                        .get("title")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| t.trim_start().starts_with('4'));
+                    by_code || by_title
+                });
+            (!has4).then(|| "no section 4 (title starting '4' or code 4)".into())
         }
         "epaccs-meds-1" => extension(r, BOX_LOCATION)
             .is_none()
