@@ -95,7 +95,14 @@ where
     }
 }
 
-async fn token(http: &reqwest::Client, base: &str, pem: &str, kid: &str, client: &str) -> String {
+async fn token(
+    http: &reqwest::Client,
+    base: &str,
+    pem: &str,
+    kid: &str,
+    client: &str,
+    scope: &str,
+) -> String {
     let url = format!("{base}/auth/token");
     let a = keys::sign_assertion(pem, ClientAlg::Es384, kid, client, &url, None).expect("sign");
     let r: Value = http
@@ -107,7 +114,7 @@ async fn token(http: &reqwest::Client, base: &str, pem: &str, kid: &str, client:
                 "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
             ),
             ("client_assertion", a.as_str()),
-            ("scope", "system/*.*"),
+            ("scope", scope),
         ])
         .send()
         .await
@@ -210,8 +217,8 @@ async fn run() {
         .pool_max_idle_per_host(64)
         .build()
         .expect("client");
-    let gp = token(&http, &base, &pem, &kid, "bench-gp").await;
-    let crew = token(&http, &base, &pem, &kid, "bench-crew").await;
+    let gp = token(&http, &base, &pem, &kid, "bench-gp", "system/*.*").await;
+    let crew = token(&http, &base, &pem, &kid, "bench-crew", "system/*.read").await;
 
     println!("epaccs load benchmark: {} backend, {patients} synthetic people, concurrency {CONCURRENCY}, {secs} s per scenario", running.store.backend());
     // Load: Patient then the rest of the record, 32 people at a time.

@@ -114,6 +114,8 @@ const LEASE: Duration = Duration::from_secs(10);
 
 enum Delivery {
     Delivered,
+    /// Delivered, disclosing data: the audit record commits with the delivery mark.
+    Disclosed(Box<epaccs_access::audit::AuditRecord>),
     Suppressed,
     Failed(String),
 }
@@ -148,12 +150,28 @@ async fn deliver_in_order(
     events: Vec<Event>,
 ) -> Result<usize, StoreError> {
     let mut settled = 0;
+    // The subscriber's registration, once per round (a revoked client gets nothing).
+    let who = if sub.owner_client == outbox::LOCATOR_CLIENT {
+        None
+    } else {
+        subscriber(store, &sub.owner_client).await?
+    };
     for ev in events {
-        match deliver(store, rules, http, &sub, &ev, &opts.base_url).await? {
+        match deliver(store, rules, http, &sub, &ev, &opts.base_url, who.as_ref()).await? {
             Delivery::Delivered => {
                 let seq = ev.seq;
                 store
                     .write(move |c| outbox::mark_delivered(c, seq, "delivered"))
+                    .await?;
+                settled += 1;
+            }
+            Delivery::Disclosed(rec) => {
+                let seq = ev.seq;
+                store
+                    .write(move |c| {
+                        epaccs_store::audit::insert(c, &rec)?;
+                        outbox::mark_delivered(c, seq, "delivered")
+                    })
                     .await?;
                 settled += 1;
             }
@@ -226,11 +244,12 @@ async fn deliver(
     sub: &Subscription,
     ev: &Event,
     base: &str,
+    who: Option<&Principal>,
 ) -> Result<Delivery, StoreError> {
     if sub.owner_client == outbox::LOCATOR_CLIENT {
         return locator::deliver(store, rules, http, sub, ev, base).await;
     }
-    let Some(principal) = subscriber(store, &sub.owner_client).await? else {
+    let Some(principal) = who.cloned() else {
         return Ok(Delivery::Suppressed);
     };
     let headers: Vec<(String, String)> = serde_json::from_str::<Vec<String>>(&sub.headers)
@@ -324,9 +343,7 @@ async fn deliver(
             },
             &gate.log(),
         );
-        store
-            .write(move |c| epaccs_store::audit::insert(c, &rec))
-            .await?;
+        return Ok(Delivery::Disclosed(Box::new(rec)));
     }
     Ok(result)
 }
