@@ -505,16 +505,14 @@ async fn record_locator_pointers_follow_the_form_and_the_consent(b: Backend) {
     let latest = |path: &str| -> Value {
         puts(&d)
             .iter()
-            .filter(|r| r.path == path && r.method == "PUT")
-            .last()
+            .rfind(|r| r.path == path && r.method == "PUT")
             .map(|r| serde_json::from_str(&r.body).expect("json"))
             .expect("pointer")
     };
     assert_eq!(latest(&first_path)["status"], "superseded");
     let second = puts(&d)
         .iter()
-        .filter(|r| r.method == "PUT" && r.path != first_path)
-        .last()
+        .rfind(|r| r.method == "PUT" && r.path != first_path)
         .expect("second")
         .clone();
     let p2: Value = serde_json::from_str(&second.body).expect("json");
