@@ -49,10 +49,19 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
+    drive_at(name, secs, CONCURRENCY, make).await
+}
+
+/// Like `drive`, with `concurrency` tasks.
+async fn drive_at<F, Fut>(name: &str, secs: u64, concurrency: usize, make: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let make = Arc::new(make);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
-    let tasks: Vec<_> = (0..CONCURRENCY)
+    let tasks: Vec<_> = (0..concurrency)
         .map(|t| {
             let make = make.clone();
             tokio::spawn(async move {
@@ -65,7 +74,7 @@ where
                         errors += 1;
                     }
                     lat.push(s.elapsed().as_secs_f64() * 1000.0);
-                    i += CONCURRENCY;
+                    i += concurrency;
                 }
                 (lat, errors)
             })
@@ -339,6 +348,25 @@ async fn run() {
         let u = format!(
             "{b}/Patient/$emergency-summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
             n[(i * 104_729) % n.len()]
+        );
+        let (c, t) = (c.clone(), t.clone());
+        async move {
+            c.get(&u)
+                .bearer_auth(&t)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403)
+        }
+    })
+    .await
+    .print(Some(top));
+
+    // One crew at a time: the latency a single look-up sees on an otherwise idle service.
+    let (c, b, t, n) = (http.clone(), base.clone(), crew.clone(), numbers.clone());
+    drive_at("$emergency-summary, one crew (c=1)", secs, 1, move |i| {
+        let u = format!(
+            "{b}/Patient/$emergency-summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
+            n[(i * 7_919 + 13) % n.len()]
         );
         let (c, t) = (c.clone(), t.clone());
         async move {
