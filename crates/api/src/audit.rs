@@ -25,24 +25,11 @@ fn parse_query(pairs: &[(String, String)]) -> Result<AuditQuery, ApiError> {
             }
             "agent" | "agent.identifier" => q.agent = Some(v.rsplit('|').next().unwrap_or(v).to_string()),
             "date" => {
-                let (prefix, rest) = match v.get(..2) {
-                    Some(p @ ("eq" | "ne" | "gt" | "lt" | "ge" | "le" | "sa" | "eb" | "ap")) => (p, &v[2..]),
-                    _ => ("eq", v.as_str()),
-                };
-                let pairs = vec![("d".to_string(), format!("{prefix}{rest}"))];
-                let _ = pairs;
-                let range = epaccs_fhir::date::parse_range(rest).ok_or_else(|| ApiError::BadRequest(format!("date '{v}' is not a FHIR date")))?;
-                let prefix = match prefix {
-                    "ne" => epaccs_fhir::query::Prefix::Ne,
-                    "gt" => epaccs_fhir::query::Prefix::Gt,
-                    "lt" => epaccs_fhir::query::Prefix::Lt,
-                    "ge" => epaccs_fhir::query::Prefix::Ge,
-                    "le" => epaccs_fhir::query::Prefix::Le,
-                    "sa" => epaccs_fhir::query::Prefix::Sa,
-                    "eb" => epaccs_fhir::query::Prefix::Eb,
-                    _ => epaccs_fhir::query::Prefix::Eq,
-                };
-                q.dates.push(epaccs_fhir::query::DateValue { prefix, range });
+                let mut ds = epaccs_fhir::query::parse_dates("date", v)?;
+                if ds.len() != 1 {
+                    return Err(ApiError::BadRequest(format!("date '{v}': give one date per parameter (repeat it to AND)")));
+                }
+                q.dates.append(&mut ds);
             }
             "subtype" | "type" => {
                 let code = v.rsplit('|').next().unwrap_or(v);

@@ -7,7 +7,7 @@
 //! entry in its own savepoint, reporting each entry's own status. Either way the request's audit
 //! record commits with it.
 
-use crate::error::{outcome_info, ApiError};
+use crate::error::ApiError;
 use crate::extract::{prefer, query_pairs, Body, BodyKind, Caller, Return};
 use crate::respond::{self, bundle};
 use crate::rest::{kind, prepare_put};
@@ -17,7 +17,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use epaccs_core::Interaction;
 use epaccs_fhir::query::Query;
-use epaccs_fhir::validate::IssueSeverity;
 use epaccs_store::resources::{self, WriteStatus};
 use epaccs_store::{audit, search, DbConn, StoreError, Stored, WriteOp};
 use serde_json::{json, Value};
@@ -387,13 +386,20 @@ fn run_entry(c: &mut DbConn, cx: &Ctx<'_>, e: &Entry, ret: Return) -> Result<Val
     Ok(written_entry(cx.state, &w, ret))
 }
 
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Delete => "DELETE",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Get => "GET",
+        }
+    }
+}
+
 fn name(e: &Entry) -> String {
-    format!("entry {} ({:?} {})", e.index, e.method, e.url)
-        .replace("Delete", "DELETE")
-        .replace("Post", "POST")
-        .replace("Put", "PUT")
-        .replace("Patch", "PATCH")
-        .replace("Get", "GET")
+    format!("entry {} ({} {})", e.index, e.method.as_str(), e.url)
 }
 
 fn with_entry(e: &Entry, err: ApiError) -> ApiError {
@@ -612,7 +618,6 @@ pub async fn process(
     } else {
         "batch-response"
     };
-    let _ = outcome_info(IssueSeverity::Information, "informational", "");
     Ok(respond::json(
         StatusCode::OK,
         &bundle(kind, None, vec![], result),

@@ -521,10 +521,7 @@ fn history_bundle(
     bundle("history", None, links, items)
 }
 
-fn history_params(
-    state: &AppState,
-    query: &str,
-) -> Result<(Option<i64>, usize, Option<i64>), ApiError> {
+fn history_params(query: &str) -> Result<(Option<i64>, usize, Option<i64>), ApiError> {
     let mut since = None;
     let mut count = epaccs_fhir::query::DEFAULT_COUNT;
     let mut cursor = None;
@@ -555,7 +552,6 @@ fn history_params(
             }
             "_format" | "_pretty" => {}
             other => {
-                let _ = state;
                 return Err(ApiError::BadRequest(format!(
                     "'{other}' is not a history parameter (use _since, _count)"
                 )));
@@ -613,7 +609,7 @@ async fn history(
         .audited(state, interaction, Some(&ty), async {
             let kind = kind(&ty)?;
             caller.require(kind.name, Interaction::Read)?;
-            let (since, count, cursor) = history_params(state, req.query_string())?;
+            let (since, count, cursor) = history_params(req.query_string())?;
             let gate = caller.gate.clone();
             let (t, i) = (kind.name.to_string(), id.clone());
             let (entries, next) = state

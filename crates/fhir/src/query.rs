@@ -222,7 +222,8 @@ fn parse_token(v: &str) -> TokenValue {
     }
 }
 
-fn parse_dates(name: &str, v: &str) -> Result<Vec<DateValue>, QueryError> {
+/// Parses a comma-separated list of prefixed dates (`ge2024-01,lt2025`).
+pub fn parse_dates(name: &str, v: &str) -> Result<Vec<DateValue>, QueryError> {
     split_values(v)
         .iter()
         .map(|s| {

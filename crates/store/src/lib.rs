@@ -151,7 +151,7 @@ impl Store {
         })
     }
 
-    /// Signalled after every committed write batch.
+    /// Signalled after a committed write batch that enqueued notifications.
     pub fn commits(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.writer.committed.clone()
     }

@@ -146,6 +146,12 @@ pub fn get(conn: &mut DbConn, id: &str) -> Result<Option<Subscription>, StoreErr
     Ok(load::<Subscription>(conn, &sql)?.pop())
 }
 
+thread_local! {
+    /// Set when a job on this (writer) thread enqueued an event; the writer wakes the delivery
+    /// worker after the commit only then, not after every audit-only batch.
+    pub(crate) static ENQUEUED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn enqueue(
     conn: &mut DbConn,
     sub: &str,
@@ -154,6 +160,7 @@ fn enqueue(
     id: &str,
     version: i64,
 ) -> Result<(), StoreError> {
+    ENQUEUED.with(|e| e.set(true));
     let now = epaccs_fhir::date::now_micros();
     let mut sql = Sql::new("INSERT INTO outbox (subscription_id, event, res_type, res_id, version_id, created, attempts, next_attempt, delivered) VALUES (");
     sql.text(sub)

@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
-    /// Signalled after every committed batch (wakes the notification worker).
+    /// Signalled after a committed batch that enqueued notifications (wakes the worker).
     pub committed: std::sync::Arc<tokio::sync::Notify>,
 }
 
@@ -107,7 +107,7 @@ fn run(
         if outcome.is_err() && c.batch_execute("SELECT 1").is_err() {
             conn = None;
         }
-        if outcome.is_ok() {
+        if crate::outbox::ENQUEUED.with(|e| e.replace(false)) && outcome.is_ok() {
             committed.notify_one();
         }
         for done in completions {
