@@ -3,7 +3,8 @@
 //! emergency summary and creates, with consent checks and durable audit on.
 //!
 //! `cargo bench --bench load`; `EPACCS_BENCH_PATIENTS` (default 10000), `EPACCS_BENCH_SECONDS`
-//! (default 5 per scenario), `EPACCS_BENCH_DATABASE_URL` (default: a fresh SQLite file).
+//! (default 5 per scenario), `EPACCS_BENCH_DATABASE_URL` (default: a fresh SQLite file),
+//! `EPACCS_BENCH_ONLY` (comma-separated words: run only the scenarios whose names contain one).
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use epaccs::{synthetic, Settings};
@@ -21,6 +22,17 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// `EPACCS_BENCH_ONLY=read,summary` runs only the scenarios whose names contain one of the
+/// words (the ceiling always runs).
+fn wanted(name: &str) -> bool {
+    match std::env::var("EPACCS_BENCH_ONLY") {
+        Ok(only) if !only.trim().is_empty() && !name.starts_with("ceiling") => {
+            only.split(',').any(|w| name.contains(w.trim()))
+        }
+        _ => true,
+    }
+}
+
 struct Stats {
     name: String,
     requests: usize,
@@ -32,6 +44,9 @@ struct Stats {
 
 impl Stats {
     fn print(&self, ceiling: Option<f64>) {
+        if !wanted(&self.name) {
+            return;
+        }
         let rps = self.requests as f64 / self.secs;
         let pct = ceiling
             .map(|c| format!("{:5.1}%", 100.0 * rps / c))
@@ -58,6 +73,16 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
+    if !wanted(name) {
+        return Stats {
+            name: name.to_string(),
+            requests: 0,
+            errors: 0,
+            secs: 1.0,
+            p50: 0.0,
+            p99: 0.0,
+        };
+    }
     let make = Arc::new(make);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
@@ -404,7 +429,9 @@ async fn run() {
     })
     .await
     .print(Some(top));
-    notifications(&http, &base, &gp, &ids, secs).await;
+    if wanted("notifications") {
+        notifications(&http, &base, &gp, &ids, secs).await;
+    }
     running.stop().await;
 }
 

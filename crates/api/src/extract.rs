@@ -69,15 +69,11 @@ impl Caller {
     ) -> Result<T, ApiError> {
         let result = work.await;
         let rec = self.audit_record(interaction, resource_type, &result.as_ref().map(|_| ()));
-        state
-            .store
-            .write(move |c| epaccs_store::audit::insert(c, &rec))
-            .await
-            .map_err(|e| {
-                ApiError::Unavailable(format!(
-                    "the access could not be audited, so it is refused: {e}"
-                ))
-            })?;
+        state.store.append_audit(rec).await.map_err(|e| {
+            ApiError::Unavailable(format!(
+                "the access could not be audited, so it is refused: {e}"
+            ))
+        })?;
         result
     }
 }

@@ -18,7 +18,7 @@ use actix_web::body::{BoxBody, EitherBody};
 use actix_web::dev::ServiceResponse;
 use actix_web::http::header;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
 use std::net::TcpListener;
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -47,77 +47,101 @@ async fn validate_instance(
     rest::validate_op(state, caller, web::Path::from(ty), body).await
 }
 
+/// Types with routes of their own: the audit trail and the conformance resources.
+const SPECIAL_TYPES: &[&str] = &[
+    "AuditEvent",
+    "StructureDefinition",
+    "ValueSet",
+    "CodeSystem",
+    "SearchParameter",
+];
+
+/// `/{type}` or `/{type}/{id}` (`segments` = 1 or 2) naming an ordinary resource type and an
+/// ordinary id: not an operation (`$...`), history or search (`_...`) or a special type.
+fn ordinary_path(path: &str, segments: usize) -> bool {
+    let mut parts = path.trim_start_matches('/').split('/');
+    let ty = parts.next().unwrap_or("");
+    if !ty.starts_with(|c: char| c.is_ascii_uppercase()) || SPECIAL_TYPES.contains(&ty) {
+        return false;
+    }
+    match (segments, parts.next(), parts.next()) {
+        (1, None, _) => true,
+        (2, Some(id), None) => !id.is_empty() && !id.starts_with(['$', '_']),
+        _ => false,
+    }
+}
+
 fn method_guarded(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
 }
 
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(method_guarded("/metadata").route(web::get().to(capability::metadata)))
-        .service(
-            method_guarded("/.well-known/smart-configuration")
-                .route(web::get().to(smart::configuration)),
-        )
-        .service(method_guarded("/.well-known/jwks.json").route(web::get().to(smart::jwks)))
-        .service(method_guarded("/auth/token").route(web::post().to(smart::token)))
-        .service(
-            method_guarded("/Patient/$emergency-summary").route(web::get().to(emergency::summary)),
-        )
-        .service(
-            method_guarded("/Patient/{id}/$everything").route(web::get().to(emergency::everything)),
-        )
-        .service(
-            web::resource("/AuditEvent")
-                .route(web::get().to(audit::search))
-                .default_service(web::to(audit::immutable)),
-        )
-        .service(
-            web::resource("/AuditEvent/{id}")
-                .route(web::get().to(audit::read))
-                .default_service(web::to(audit::immutable)),
-        )
-        .service(
-            method_guarded("/StructureDefinition").route(web::get().to(rest::conformance_search)),
-        )
-        .service(
-            method_guarded("/StructureDefinition/{id}")
-                .route(web::get().to(rest::conformance_read)),
-        )
-        .service(method_guarded("/ValueSet").route(web::get().to(rest::conformance_search)))
-        .service(method_guarded("/ValueSet/{id}").route(web::get().to(rest::conformance_read)))
-        .service(method_guarded("/CodeSystem").route(web::get().to(rest::conformance_search)))
-        .service(method_guarded("/CodeSystem/{id}").route(web::get().to(rest::conformance_read)))
-        .service(method_guarded("/SearchParameter").route(web::get().to(rest::conformance_search)))
-        .service(
-            method_guarded("/SearchParameter/{id}").route(web::get().to(rest::conformance_read)),
-        )
-        .service(method_guarded("/{type}/$validate").route(web::post().to(rest::validate_op)))
-        .service(method_guarded("/{type}/{id}/$validate").route(web::post().to(validate_instance)))
-        .service(method_guarded("/{type}/_search").route(web::post().to(rest::search_post)))
-        .service(method_guarded("/{type}/_history").route(web::get().to(rest::history_type)))
-        .service(
-            method_guarded("/{type}/{id}/_history").route(web::get().to(rest::history_instance)),
-        )
-        .service(method_guarded("/{type}/{id}/_history/{vid}").route(web::get().to(rest::vread)))
-        .service(
-            method_guarded("/{type}/{id}")
-                .route(web::get().to(rest::read))
-                .route(web::put().to(rest::update))
-                .route(web::patch().to(rest::patch))
-                .route(web::delete().to(rest::delete)),
-        )
-        .service(
-            method_guarded("/{type}")
-                .route(web::get().to(rest::search_get))
-                .route(web::post().to(rest::create))
-                .route(web::put().to(rest::conditional_update)),
-        )
-        .service(
-            web::resource("/")
-                .route(web::post().to(bundle::process))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .default_service(web::to(not_found));
+    // The hot interactions (read, search, create, update) first: the router tries patterns in
+    // order, so every other pattern would otherwise be matched against each of them. The guards
+    // let operation, history and special-type paths fall through to their own routes below.
+    cfg.service(
+        method_guarded("/{type}/{id}")
+            .guard(guard::fn_guard(|ctx| {
+                ordinary_path(ctx.head().uri.path(), 2)
+            }))
+            .route(web::get().to(rest::read))
+            .route(web::put().to(rest::update))
+            .route(web::patch().to(rest::patch))
+            .route(web::delete().to(rest::delete)),
+    )
+    .service(
+        method_guarded("/{type}")
+            .guard(guard::fn_guard(|ctx| {
+                ordinary_path(ctx.head().uri.path(), 1)
+            }))
+            .route(web::get().to(rest::search_get))
+            .route(web::post().to(rest::create))
+            .route(web::put().to(rest::conditional_update)),
+    )
+    .service(method_guarded("/metadata").route(web::get().to(capability::metadata)))
+    .service(
+        method_guarded("/.well-known/smart-configuration")
+            .route(web::get().to(smart::configuration)),
+    )
+    .service(method_guarded("/.well-known/jwks.json").route(web::get().to(smart::jwks)))
+    .service(method_guarded("/auth/token").route(web::post().to(smart::token)))
+    .service(method_guarded("/Patient/$emergency-summary").route(web::get().to(emergency::summary)))
+    .service(
+        method_guarded("/Patient/{id}/$everything").route(web::get().to(emergency::everything)),
+    )
+    .service(
+        web::resource("/AuditEvent")
+            .route(web::get().to(audit::search))
+            .default_service(web::to(audit::immutable)),
+    )
+    .service(
+        web::resource("/AuditEvent/{id}")
+            .route(web::get().to(audit::read))
+            .default_service(web::to(audit::immutable)),
+    )
+    .service(method_guarded("/StructureDefinition").route(web::get().to(rest::conformance_search)))
+    .service(
+        method_guarded("/StructureDefinition/{id}").route(web::get().to(rest::conformance_read)),
+    )
+    .service(method_guarded("/ValueSet").route(web::get().to(rest::conformance_search)))
+    .service(method_guarded("/ValueSet/{id}").route(web::get().to(rest::conformance_read)))
+    .service(method_guarded("/CodeSystem").route(web::get().to(rest::conformance_search)))
+    .service(method_guarded("/CodeSystem/{id}").route(web::get().to(rest::conformance_read)))
+    .service(method_guarded("/SearchParameter").route(web::get().to(rest::conformance_search)))
+    .service(method_guarded("/SearchParameter/{id}").route(web::get().to(rest::conformance_read)))
+    .service(method_guarded("/{type}/$validate").route(web::post().to(rest::validate_op)))
+    .service(method_guarded("/{type}/{id}/$validate").route(web::post().to(validate_instance)))
+    .service(method_guarded("/{type}/_search").route(web::post().to(rest::search_post)))
+    .service(method_guarded("/{type}/_history").route(web::get().to(rest::history_type)))
+    .service(method_guarded("/{type}/{id}/_history").route(web::get().to(rest::history_instance)))
+    .service(method_guarded("/{type}/{id}/_history/{vid}").route(web::get().to(rest::vread)))
+    .service(
+        web::resource("/")
+            .route(web::post().to(bundle::process))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .default_service(web::to(not_found));
 }
 
 /// Rewrites any error response that is not already FHIR or OAuth JSON into an

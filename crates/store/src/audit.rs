@@ -10,8 +10,6 @@ use epaccs_fhir::query::DateValue;
 
 /// Inserts one record (inside the caller's transaction: a write and its audit commit together).
 pub fn insert(conn: &mut DbConn, rec: &AuditRecord) -> Result<(), StoreError> {
-    let content =
-        serde_json::to_string(&rec.content).map_err(|e| StoreError::Internal(e.to_string()))?;
     let mut sql = Sql::new("INSERT INTO audit_event (id, recorded, client_id, user_id, org, role, purpose, outcome, break_glass, content) VALUES (");
     sql.text(rec.id.clone())
         .push(", ")
@@ -30,7 +28,7 @@ pub fn insert(conn: &mut DbConn, rec: &AuditRecord) -> Result<(), StoreError> {
         .text(rec.outcome.clone())
         .push(", ")
         .bind(Bind::Bool(rec.break_glass));
-    sql.push(", ").text(content).push(")");
+    sql.push(", ").text(rec.content.clone()).push(")");
     execute(conn, &sql)?;
     if rec.break_glass {
         crate::outbox::enqueue_alert(conn, &rec.id)?;

@@ -1,11 +1,14 @@
 //! Connections: one diesel `MultiConnection` over PostgreSQL and SQLite, the backend picked
 //! explicitly from the URL scheme (a mistyped Postgres URL must not quietly become a file).
 
+use diesel::backend::Backend;
 use diesel::connection::SimpleConnection;
 use diesel::pg::{Pg, PgConnection};
-use diesel::query_builder::BoxedSqlQuery;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::r2d2::{self, ManageConnection};
+use diesel::serialize::ToSql;
 use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
+use diesel::sql_types::{HasSqlType, Untyped};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel::{Connection, QueryResult, QueryableByName, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
@@ -79,9 +82,19 @@ impl DatabaseUrl {
                 let mut c = SqliteConnection::establish(p)?;
                 // WAL: readers never block the writer. synchronous=FULL: every commit is fsync'd,
                 // so an acknowledged write survives power loss; group commit keeps it fast.
-                c.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")?;
+                // Memory-mapped reads share the operating system's page cache between every
+                // pooled connection instead of copying pages into each connection's own cache.
+                c.batch_execute(
+                    "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                     PRAGMA mmap_size = 1073741824;",
+                )?;
                 if writer {
-                    c.batch_execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+                    // Checkpoints run on their own thread (see `writer`), never inside a commit;
+                    // the WAL file is cut back to 64 MiB when it restarts.
+                    c.batch_execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
+                    )?;
                 }
                 Ok(DbConn::Sqlite(c))
             }
@@ -204,21 +217,106 @@ impl Sql {
     }
 }
 
-macro_rules! with_binds {
-    ($backend:ty, $sql:expr) => {{
-        let mut q: BoxedSqlQuery<'static, $backend, _> =
-            diesel::sql_query($sql.text.clone()).into_boxed();
-        for b in &$sql.binds {
-            q = match b.clone() {
-                Bind::Text(s) => q.bind::<Text, _>(s),
-                Bind::OptText(s) => q.bind::<Nullable<Text>, _>(s),
-                Bind::Int(i) => q.bind::<BigInt, _>(i),
-                Bind::Bool(v) => q.bind::<Bool, _>(v),
-                Bind::Float(f) => q.bind::<Double, _>(f),
-            };
+/// A statement as diesel sees it: the `$n` placeholders of a [`Sql`] become real bind
+/// parameters of the backend (`$n` on PostgreSQL, `?` on SQLite). Unlike `sql_query`, it may be
+/// kept in diesel's per-connection prepared-statement cache (keyed by its SQL text), so a hot
+/// statement is parsed and planned once per connection rather than on every request.
+struct Statement<'a> {
+    sql: &'a Sql,
+    cache: bool,
+}
+
+impl<DB> QueryFragment<DB> for Statement<'_>
+where
+    DB: Backend
+        + HasSqlType<Text>
+        + HasSqlType<Nullable<Text>>
+        + HasSqlType<BigInt>
+        + HasSqlType<Bool>
+        + HasSqlType<Double>,
+    String: ToSql<Text, DB>,
+    Option<String>: ToSql<Nullable<Text>, DB>,
+    i64: ToSql<BigInt, DB>,
+    bool: ToSql<Bool, DB>,
+    f64: ToSql<Double, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        if !self.cache {
+            out.unsafe_to_cache_prepared();
         }
-        q
-    }};
+        let mut rest = self.sql.text.as_str();
+        let mut binds = self.sql.binds.iter();
+        while let Some(pos) = rest.find('$') {
+            out.push_sql(&rest[..pos]);
+            let after = &rest[pos + 1..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                out.push_sql("$");
+                rest = after;
+                continue;
+            }
+            match binds.next() {
+                Some(Bind::Text(s)) => out.push_bind_param::<Text, _>(s)?,
+                Some(Bind::OptText(s)) => out.push_bind_param::<Nullable<Text>, _>(s)?,
+                Some(Bind::Int(i)) => out.push_bind_param::<BigInt, _>(i)?,
+                Some(Bind::Bool(b)) => out.push_bind_param::<Bool, _>(b)?,
+                Some(Bind::Float(f)) => out.push_bind_param::<Double, _>(f)?,
+                None => {
+                    return Err(diesel::result::Error::QueryBuilderError(
+                        "more placeholders than bind values".into(),
+                    ))
+                }
+            }
+            rest = &after[digits..];
+        }
+        out.push_sql(rest);
+        Ok(())
+    }
+}
+
+impl QueryId for Statement<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Statement<'_> {
+    type SqlType = Untyped;
+}
+
+impl<Conn> RunQueryDsl<Conn> for Statement<'_> {}
+
+/// The most distinct statement texts kept prepared. Statement texts depend on the shape of a
+/// request (which parameters, how many values), never on the values themselves; the bound keeps
+/// a stream of unusual search shapes from growing every connection's cache without limit.
+const MAX_CACHED_SHAPES: usize = 1024;
+
+fn cacheable(text: &str) -> bool {
+    use std::collections::HashSet;
+    use std::sync::{OnceLock, RwLock};
+    static SHAPES: OnceLock<RwLock<HashSet<String>>> = OnceLock::new();
+    let shapes = SHAPES.get_or_init(|| RwLock::new(HashSet::new()));
+    if let Ok(known) = shapes.read() {
+        if known.contains(text) {
+            return true;
+        }
+        if known.len() >= MAX_CACHED_SHAPES {
+            return false;
+        }
+    }
+    match shapes.write() {
+        Ok(mut known) if known.len() < MAX_CACHED_SHAPES => {
+            known.insert(text.to_string());
+            true
+        }
+        _ => false,
+    }
+}
+
+fn statement(sql: &Sql) -> Statement<'_> {
+    Statement {
+        sql,
+        cache: cacheable(&sql.text),
+    }
 }
 
 /// Runs a query and loads its rows.
@@ -227,16 +325,16 @@ where
     R: QueryableByName<Pg> + QueryableByName<Sqlite> + 'static,
 {
     match conn {
-        DbConn::Pg(c) => with_binds!(Pg, sql).load(c),
-        DbConn::Sqlite(c) => with_binds!(Sqlite, sql).load(c),
+        DbConn::Pg(c) => statement(sql).load(c),
+        DbConn::Sqlite(c) => statement(sql).load(c),
     }
 }
 
 /// Runs a statement; returns the number of rows changed.
 pub fn execute(conn: &mut DbConn, sql: &Sql) -> QueryResult<usize> {
     match conn {
-        DbConn::Pg(c) => with_binds!(Pg, sql).execute(c),
-        DbConn::Sqlite(c) => with_binds!(Sqlite, sql).execute(c),
+        DbConn::Pg(c) => statement(sql).execute(c),
+        DbConn::Sqlite(c) => statement(sql).execute(c),
     }
 }
 

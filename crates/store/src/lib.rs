@@ -179,6 +179,15 @@ impl Store {
         .map_err(|e| StoreError::Internal(format!("worker failed: {e}")))?
     }
 
+    /// Appends an audit record in the next group commit (no savepoint of its own); resolves
+    /// once it is durable.
+    pub async fn append_audit(
+        &self,
+        rec: epaccs_access::audit::AuditRecord,
+    ) -> Result<(), StoreError> {
+        self.writer.append(move |c| audit::insert(c, &rec)).await
+    }
+
     /// Runs `f` in the next group commit; resolves once it is durable.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where

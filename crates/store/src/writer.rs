@@ -32,9 +32,14 @@ impl Writer {
         let (tx, rx) = mpsc::channel::<Job>(8192);
         let committed = std::sync::Arc::new(tokio::sync::Notify::new());
         let signal = committed.clone();
+        let checkpoints = if url.is_sqlite() {
+            Some(start_checkpointer(&url)?)
+        } else {
+            None
+        };
         std::thread::Builder::new()
             .name("epaccs-writer".into())
-            .spawn(move || run(url, conn, rx, signal))
+            .spawn(move || run(url, conn, rx, signal, checkpoints))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Writer { tx, committed })
     }
@@ -45,10 +50,33 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
     {
+        self.enqueue(f, true).await
+    }
+
+    /// Like `submit`, for a job that only appends rows (an audit record) and so needs no
+    /// savepoint of its own. If it fails on PostgreSQL the whole batch fails and every caller
+    /// in it is answered 503: nothing is lost or claimed durable that is not.
+    pub async fn append<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.enqueue(f, false).await
+    }
+
+    async fn enqueue<T, F>(&self, f: F, savepoint: bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
+    {
         let (done_tx, done_rx) = oneshot::channel::<Result<T, StoreError>>();
         let job: Job = Box::new(move |conn: &mut DbConn| {
             // A nested transaction is a savepoint: a failing job undoes only itself.
-            let result = conn.transaction(|c| f(c));
+            let result = if savepoint {
+                conn.transaction(|c| f(c))
+            } else {
+                f(conn)
+            };
             Box::new(move |committed: Result<(), StoreError>| {
                 let _ = done_tx.send(committed.and(result));
             }) as Completion
@@ -74,6 +102,8 @@ fn run(
     conn: DbConn,
     mut rx: mpsc::Receiver<Job>,
     committed: std::sync::Arc<tokio::sync::Notify>,
+    // Held only so the checkpointer stops when the writer does.
+    _checkpoints: Option<std::sync::mpsc::Sender<()>>,
 ) {
     let mut conn = Some(conn);
     while let Some(first) = rx.blocking_recv() {
@@ -115,3 +145,36 @@ fn run(
         }
     }
 }
+
+/// SQLite only: WAL checkpoints run on their own thread and connection, not inside a commit.
+/// The writer connection has `wal_autocheckpoint` off; otherwise every thousandth page written
+/// would make one unlucky batch copy the WAL into the database (and fsync it) while its callers
+/// wait. A PASSIVE checkpoint never blocks the writer or readers; SQLite restarts the WAL from
+/// its beginning at the next commit once every frame has been copied.
+fn start_checkpointer(url: &DatabaseUrl) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+    let mut conn = url
+        .connect(false)
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("epaccs-checkpoint".into())
+        .spawn(move || loop {
+            match rx.recv_timeout(CHECKPOINT_EVERY) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE)") {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                    }
+                }
+                // The writer has stopped: one last checkpoint, then end.
+                _ => {
+                    let _ = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE)");
+                    return;
+                }
+            }
+        })
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    Ok(tx)
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
