@@ -33,8 +33,20 @@ fn wanted(name: &str) -> bool {
     }
 }
 
+/// CPU seconds this process (server and load generator together) has used, from
+/// /proc/self/stat; None where that is not available.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 struct Stats {
     name: String,
+    /// CPU microseconds per request, server and load generator together.
+    cpu_us: Option<f64>,
     requests: usize,
     errors: usize,
     secs: f64,
@@ -51,8 +63,12 @@ impl Stats {
         let pct = ceiling
             .map(|c| format!("{:5.1}%", 100.0 * rps / c))
             .unwrap_or_else(|| "      ".into());
+        let cpu = self
+            .cpu_us
+            .map(|c| format!("  cpu {c:>5.0} us/req"))
+            .unwrap_or_default();
         println!(
-            "{:<34} {:>9.0} req/s {pct}  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+            "{:<34} {:>9.0} req/s {pct}  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}{cpu}",
             self.name, rps, self.p50, self.p99, self.errors
         );
     }
@@ -76,6 +92,7 @@ where
     if !wanted(name) {
         return Stats {
             name: name.to_string(),
+            cpu_us: None,
             requests: 0,
             errors: 0,
             secs: 1.0,
@@ -84,6 +101,7 @@ where
         };
     }
     let make = Arc::new(make);
+    let cpu_before = cpu_seconds();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
@@ -113,6 +131,9 @@ where
         errors += e;
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu_us = cpu_before
+        .zip(cpu_seconds())
+        .map(|(b, a)| (a - b) * 1e6 / all.len().max(1) as f64);
     all.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
@@ -121,6 +142,7 @@ where
     };
     Stats {
         name: name.to_string(),
+        cpu_us,
         requests: all.len(),
         errors,
         secs,

@@ -3,7 +3,7 @@
 use crate::gate::LogEntry;
 use crate::rules::Decision;
 use epaccs_core::{Principal, Purpose};
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::collections::BTreeSet;
 
 /// The outcome codes of AuditEvent.outcome.
@@ -72,28 +72,149 @@ fn action_code(interaction: &str) -> &'static str {
     }
 }
 
+// The AuditEvent as typed, borrowed structures: serialized straight to text, with no
+// intermediate JSON tree (this runs on every request).
+
+#[derive(Serialize)]
+struct Coding<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<&'a str>,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
+}
+
+fn coding<'a>(system: &'a str, code: &'a str, display: Option<&'a str>) -> Coding<'a> {
+    Coding {
+        system: Some(system),
+        code,
+        display,
+    }
+}
+
+#[derive(Serialize)]
+struct Concept<'a> {
+    coding: Vec<Coding<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Identifier<'a> {
+    system: &'a str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct Who<'a> {
+    identifier: Identifier<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Agent<'a> {
+    requestor: bool,
+    #[serde(rename = "type")]
+    kind: Concept<'a>,
+    who: Who<'a>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    purpose_of_use: Vec<Concept<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    role: Vec<Concept<'a>>,
+}
+
+#[derive(Serialize)]
+struct Reference<'a> {
+    reference: &'a str,
+}
+
+#[derive(Serialize)]
+struct Entity<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    what: Option<Reference<'a>>,
+    #[serde(rename = "type")]
+    kind: Coding<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Coding<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta<'a> {
+    version_id: &'a str,
+    last_updated: &'a str,
+}
+
+#[derive(Serialize)]
+struct Observer<'a> {
+    display: &'a str,
+}
+
+#[derive(Serialize)]
+struct Source<'a> {
+    site: &'a str,
+    observer: Observer<'a>,
+    #[serde(rename = "type")]
+    kind: [Coding<'a>; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditEvent<'a> {
+    resource_type: &'a str,
+    id: &'a str,
+    meta: Meta<'a>,
+    #[serde(rename = "type")]
+    kind: Coding<'a>,
+    subtype: Vec<Coding<'a>>,
+    action: &'a str,
+    recorded: &'a str,
+    outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome_desc: Option<&'a str>,
+    purpose_of_event: [Concept<'a>; 1],
+    agent: Vec<Agent<'a>>,
+    source: Source<'a>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    entity: Vec<Entity<'a>>,
+}
+
+const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
+const RESTFUL: &str = "http://hl7.org/fhir/restful-interaction";
+
 /// Builds the AuditEvent for one request from what the gate decided.
 pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
-    // Time-ordered (UUID v7): new records land at the end of the id index instead of on a random
-    // page of it, so each commit writes a few pages rather than one per record.
     let id = uuid::Uuid::now_v7().to_string();
     let recorded = epaccs_fhir::date::now_micros();
+    let recorded_text = epaccs_fhir::date::format_instant(recorded);
     let p = req.principal;
     let break_glass = log.iter().any(|e| e.decision == Decision::BreakGlass);
     let refused = log
         .iter()
         .any(|e| matches!(e.decision, Decision::Deny { .. }));
-    let patients: BTreeSet<String> = log.iter().filter_map(|e| e.patient_key.clone()).collect();
-    // Every resource touched, each once, with what was decided.
-    let mut seen = BTreeSet::new();
-    let mut entities: Vec<Value> = patients
+    let patients: BTreeSet<&str> = log
         .iter()
-        .map(|k| json!({"what": {"reference": format!("Patient/{k}")},
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}}))
+        .filter_map(|e| e.patient_key.as_deref())
         .collect();
+    let patient_refs: Vec<String> = patients.iter().map(|k| format!("Patient/{k}")).collect();
+    // Every resource touched, each once, with what was decided.
+    let mut entities: Vec<Entity<'_>> = patient_refs
+        .iter()
+        .map(|r| Entity {
+            what: Some(Reference { reference: r }),
+            kind: coding(ENTITY_TYPE, "1", Some("Person")),
+            role: Some(coding(OBJECT_ROLE, "1", Some("Patient"))),
+            description: None,
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
     for e in log {
-        if !seen.insert(e.resource.clone())
+        if !seen.insert(e.resource.as_str())
             || e.resource.starts_with("Patient/") && patients.contains(&e.resource[8..])
         {
             continue;
@@ -103,91 +224,165 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
             Decision::BreakGlass => "permitted by break-glass",
             Decision::Deny { .. } => "withheld",
         };
-        entities.push(json!({"what": {"reference": e.resource},
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
-            "description": decided}));
+        entities.push(Entity {
+            what: Some(Reference {
+                reference: &e.resource,
+            }),
+            kind: coding(ENTITY_TYPE, "2", Some("System Object")),
+            role: None,
+            description: Some(decided),
+        });
     }
-    if entities.len() > 1000 {
-        entities.truncate(1000);
-    }
+    entities.truncate(1000);
     if !req.query.is_empty() {
-        entities.push(json!({"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
-            "description": req.query}));
+        entities.push(Entity {
+            what: None,
+            kind: Coding {
+                system: Some(ENTITY_TYPE),
+                code: "2",
+                display: None,
+            },
+            role: Some(coding(OBJECT_ROLE, "24", Some("Query"))),
+            description: Some(req.query),
+        });
     }
-    let (type_, subtype) = if break_glass {
+    let interaction = coding(RESTFUL, req.interaction, None);
+    let (kind, subtype) = if break_glass {
         (
-            json!({"system": DCM, "code": "110113", "display": "Security Alert"}),
-            json!([{"system": DCM, "code": "110127", "display": "Emergency Override Started"},
-                   {"system": "http://hl7.org/fhir/restful-interaction", "code": req.interaction}]),
+            coding(DCM, "110113", Some("Security Alert")),
+            vec![
+                coding(DCM, "110127", Some("Emergency Override Started")),
+                interaction,
+            ],
         )
     } else {
         (
-            json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"}),
-            json!([{"system": "http://hl7.org/fhir/restful-interaction", "code": req.interaction}]),
+            coding(
+                "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                "rest",
+                Some("RESTful Operation"),
+            ),
+            vec![interaction],
         )
     };
-    let mut user = json!({"requestor": true,
-        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
-        "who": {"identifier": {"system": CLIENT_ID_SYSTEM, "value": p.client_id}},
-        "purposeOfUse": [{"coding": [{"system": Purpose::SYSTEM, "code": p.purpose.code()}]}],
-        "role": [{"coding": [{"system": crate::facts::ROLE_SYSTEM, "code": p.role.as_str()}]}]});
-    if let Some(u) = &p.user_id {
-        user["who"] = json!({"identifier": {"system": SDS_USER_SYSTEM, "value": u}});
-        if let Some(n) = &p.user_name {
-            user["who"]["display"] = json!(n);
-        }
-        if let Some(r) = &p.user_role {
-            let (system, code) = r.split_once('|').unwrap_or(("", r));
-            let mut coding = json!({"code": code});
-            if !system.is_empty() {
-                coding["system"] = json!(system);
+    let purpose = || Concept {
+        coding: vec![coding(Purpose::SYSTEM, p.purpose.code(), None)],
+        text: None,
+    };
+    let mut roles = vec![Concept {
+        coding: vec![coding(crate::facts::ROLE_SYSTEM, p.role.as_str(), None)],
+        text: None,
+    }];
+    let client = || Identifier {
+        system: CLIENT_ID_SYSTEM,
+        value: &p.client_id,
+    };
+    let who = match &p.user_id {
+        Some(u) => {
+            if let Some(r) = &p.user_role {
+                let (system, code) = r.split_once('|').unwrap_or(("", r));
+                roles.push(Concept {
+                    coding: vec![Coding {
+                        system: (!system.is_empty()).then_some(system),
+                        code,
+                        display: None,
+                    }],
+                    text: None,
+                });
             }
-            if let Some(a) = user["role"].as_array_mut() {
-                a.push(json!({"coding": [coding]}));
+            Who {
+                identifier: Identifier {
+                    system: SDS_USER_SYSTEM,
+                    value: u,
+                },
+                display: p.user_name.as_deref(),
             }
         }
-    }
-    let mut agents = vec![user];
+        None => Who {
+            identifier: client(),
+            display: None,
+        },
+    };
+    let mut agents = vec![Agent {
+        requestor: true,
+        kind: Concept {
+            coding: vec![coding(
+                "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                "IRCP",
+                Some("information recipient"),
+            )],
+            text: None,
+        },
+        who,
+        purpose_of_use: vec![purpose()],
+        role: roles,
+    }];
     if p.user_id.is_some() {
-        agents.push(json!({"requestor": false,
-            "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
-            "who": {"identifier": {"system": CLIENT_ID_SYSTEM, "value": p.client_id}}}));
+        agents.push(Agent {
+            requestor: false,
+            kind: Concept {
+                coding: vec![coding(DCM, "110150", Some("Application"))],
+                text: None,
+            },
+            who: Who {
+                identifier: client(),
+                display: None,
+            },
+            purpose_of_use: vec![],
+            role: vec![],
+        });
     }
-    agents.push(json!({"requestor": false,
-        "type": {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]},
-        "who": {"identifier": {"system": epaccs_core::OdsCode::SYSTEM, "value": p.org.as_str()}}}));
-    let mut purpose = json!([{"coding": [{"system": Purpose::SYSTEM, "code": p.purpose.code()}]}]);
-    if let Some(reason) = &p.break_glass_reason {
-        purpose[0]["text"] = json!(reason);
-    }
-    let mut desc = req.description.clone().unwrap_or_default();
-    if refused && desc.is_empty() {
-        desc = "some or all data withheld by the sharing rules".into();
-    }
-    let mut content = json!({
-        "resourceType": "AuditEvent",
-        "id": id,
-        "meta": {"versionId": "1", "lastUpdated": epaccs_fhir::date::format_instant(recorded)},
-        "type": type_,
-        "subtype": subtype,
-        "action": action_code(req.interaction),
-        "recorded": epaccs_fhir::date::format_instant(recorded),
-        "outcome": req.outcome.code(),
-        "purposeOfEvent": purpose,
-        "agent": agents,
-        "source": {"site": "epaccs", "observer": {"display": "epaccs"},
-                   "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
+    agents.push(Agent {
+        requestor: false,
+        kind: Concept {
+            coding: vec![coding(DCM, "110152", Some("Destination Role ID"))],
+            text: None,
+        },
+        who: Who {
+            identifier: Identifier {
+                system: epaccs_core::OdsCode::SYSTEM,
+                value: p.org.as_str(),
+            },
+            display: None,
+        },
+        purpose_of_use: vec![],
+        role: vec![],
     });
-    if !desc.is_empty() {
-        content["outcomeDesc"] = json!(desc);
-    }
-    if !entities.is_empty() {
-        content["entity"] = json!(entities);
-    }
+    let mut purpose_of_event = purpose();
+    purpose_of_event.text = p.break_glass_reason.as_deref();
+    let desc = match req.description.as_deref() {
+        Some(d) if !d.is_empty() => Some(d),
+        _ if refused => Some("some or all data withheld by the sharing rules"),
+        _ => None,
+    };
+    let event = AuditEvent {
+        resource_type: "AuditEvent",
+        id: &id,
+        meta: Meta {
+            version_id: "1",
+            last_updated: &recorded_text,
+        },
+        kind,
+        subtype,
+        action: action_code(req.interaction),
+        recorded: &recorded_text,
+        outcome: req.outcome.code(),
+        outcome_desc: desc,
+        purpose_of_event: [purpose_of_event],
+        agent: agents,
+        source: Source {
+            site: "epaccs",
+            observer: Observer { display: "epaccs" },
+            kind: [coding(
+                "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "4",
+                Some("Application Server"),
+            )],
+        },
+        entity: entities,
+    };
+    let content = serde_json::to_string(&event).unwrap_or_default();
     AuditRecord {
-        id,
-        recorded,
         client_id: p.client_id.clone(),
         user_id: p.user_id.clone(),
         org: p.org.to_string(),
@@ -195,7 +390,115 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
         purpose: p.purpose.code().to_string(),
         outcome: req.outcome.code().to_string(),
         break_glass,
-        patients: patients.into_iter().collect(),
-        content: content.to_string(),
+        patients: patients.into_iter().map(str::to_string).collect(),
+        content,
+        id,
+        recorded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::Decision;
+    use epaccs_core::{OdsCode, Role, Scopes};
+    use serde_json::Value;
+
+    fn principal(user: bool, reason: Option<&str>) -> Principal {
+        let mut p = Principal {
+            client_id: "crew-app".into(),
+            org: OdsCode::parse("RX801").unwrap(),
+            role: Role::Ambulance,
+            user_id: None,
+            user_name: None,
+            user_role: None,
+            purpose: Purpose::Treat,
+            break_glass_reason: None,
+            scopes: Scopes::default(),
+        };
+        if user {
+            p.user_id = Some("555000111222".into());
+            p.user_name = Some("Pat Paramedic".into());
+            p.user_role = Some("https://fhir.nhs.uk/CodeSystem/role|R8000".into());
+        }
+        if let Some(r) = reason {
+            p.purpose = Purpose::BreakGlass;
+            p.break_glass_reason = Some(r.into());
+        }
+        p
+    }
+
+    fn build(p: &Principal, log: &[LogEntry], outcome: Outcome) -> (AuditRecord, Value) {
+        let req = Request {
+            principal: p,
+            interaction: "read",
+            resource_type: Some("Patient"),
+            query: "/Patient/p1?_elements=name",
+            outcome,
+            description: None,
+        };
+        let rec = record(&req, log);
+        let v: Value = serde_json::from_str(&rec.content).unwrap();
+        (rec, v)
+    }
+
+    #[test]
+    fn an_ordinary_read_names_who_why_and_what() {
+        let p = principal(false, None);
+        let log = vec![LogEntry {
+            patient_key: Some("p1".into()),
+            resource: "Observation/o1".into(),
+            decision: Decision::Deny {
+                reveal: true,
+                reason: "consent withdrawn".into(),
+            },
+        }];
+        let (rec, v) = build(&p, &log, Outcome::MinorFailure);
+        assert_eq!(v["resourceType"], "AuditEvent");
+        assert_eq!(v["id"], rec.id.as_str());
+        assert_eq!(v["type"]["code"], "rest");
+        assert_eq!(v["subtype"][0]["code"], "read");
+        assert_eq!(v["action"], "R");
+        assert_eq!(v["outcome"], "4");
+        assert_eq!(
+            v["outcomeDesc"],
+            "some or all data withheld by the sharing rules"
+        );
+        assert_eq!(v["agent"][0]["who"]["identifier"]["value"], "crew-app");
+        assert_eq!(v["agent"][0]["role"][0]["coding"][0]["code"], "ambulance");
+        assert_eq!(v["agent"][1]["who"]["identifier"]["value"], "RX801");
+        assert_eq!(v["purposeOfEvent"][0]["coding"][0]["code"], "TREAT");
+        assert_eq!(v["entity"][0]["what"]["reference"], "Patient/p1");
+        assert_eq!(v["entity"][1]["what"]["reference"], "Observation/o1");
+        assert_eq!(v["entity"][1]["description"], "withheld");
+        assert_eq!(v["entity"][2]["role"]["code"], "24");
+        assert_eq!(v["entity"][2]["description"], "/Patient/p1?_elements=name");
+        assert_eq!(rec.patients, vec!["p1".to_string()]);
+        assert!(!rec.break_glass);
+        assert!(v.get("extension").is_none());
+    }
+
+    #[test]
+    fn break_glass_is_marked_with_the_user_and_reason() {
+        let p = principal(true, Some("unconscious, no NHS number"));
+        let log = vec![LogEntry {
+            patient_key: Some("p1".into()),
+            resource: "Patient/p1".into(),
+            decision: Decision::BreakGlass,
+        }];
+        let (rec, v) = build(&p, &log, Outcome::Success);
+        assert!(rec.break_glass);
+        assert_eq!(v["type"]["code"], "110113");
+        assert_eq!(v["subtype"][0]["code"], "110127");
+        assert_eq!(v["subtype"][1]["code"], "read");
+        assert_eq!(v["purposeOfEvent"][0]["text"], "unconscious, no NHS number");
+        assert_eq!(v["agent"][0]["who"]["identifier"]["value"], "555000111222");
+        assert_eq!(v["agent"][0]["who"]["display"], "Pat Paramedic");
+        assert_eq!(v["agent"][0]["role"][1]["coding"][0]["code"], "R8000");
+        assert_eq!(v["agent"][1]["who"]["identifier"]["value"], "crew-app");
+        assert_eq!(v["agent"][2]["who"]["identifier"]["value"], "RX801");
+        // The patient is named once, as the patient, not again as an object.
+        assert_eq!(v["entity"].as_array().unwrap().len(), 2);
+        assert!(v.get("outcomeDesc").is_none());
     }
 }

@@ -259,7 +259,17 @@ fn run_entry(c: &mut DbConn, cx: &Ctx<'_>, e: &Entry, ret: Return) -> Result<Val
                         false,
                     )?;
                     let page = search::search(c, gate, kind.name, &q)?;
-                    let entries: Vec<Value> = page.matches.iter().map(|s| json!({"fullUrl": respond::full_url(&cx.state.base_url, s), "resource": respond::parse(s), "search": {"mode": "match"}})).collect();
+                    let entries: Vec<Value> = page
+                        .matches
+                        .iter()
+                        .map(|s| {
+                            respond::entry(
+                                respond::full_url(&cx.state.base_url, s),
+                                respond::parse(s),
+                                Some("match"),
+                            )
+                        })
+                        .collect();
                     Ok(
                         json!({"resource": bundle("searchset", page.total, vec![], entries), "response": {"status": status_line(StatusCode::OK)}}),
                     )

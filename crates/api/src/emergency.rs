@@ -197,10 +197,12 @@ fn section(
         sec["emptyReason"] = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/list-empty-reason", "code": "unavailable"}], "text": empty_reason});
         text.push_str(empty_reason);
     } else {
-        sec["entry"] = json!(entries
-            .iter()
-            .map(|(s, _)| json!({"reference": full_url(base, s)}))
-            .collect::<Vec<_>>());
+        sec["entry"] = Value::Array(
+            entries
+                .iter()
+                .map(|(s, _)| json!({ "reference": full_url(base, s) }))
+                .collect(),
+        );
         let latest = entries
             .iter()
             .map(|(s, _)| s.last_updated)
@@ -387,7 +389,7 @@ fn build_document(state: &AppState, patient: &Stored, items: &[Stored]) -> Value
         .max()
         .unwrap_or(0);
     let now = date::format_instant(date::now_micros());
-    let composition = json!({
+    let mut composition = json!({
         "resourceType": "Composition",
         "id": uuid::Uuid::new_v4().to_string(),
         "status": "final",
@@ -397,20 +399,38 @@ fn build_document(state: &AppState, patient: &Stored, items: &[Stored]) -> Value
         "author": [{"display": "epaccs emergency summary service"}],
         "title": "Emergency summary",
         "extension": [{"url": "https://fhir.epaccs.nhs.example/StructureDefinition/record-last-updated", "valueInstant": date::format_instant(latest)}],
-        "section": sections,
     });
-    let mut entries = vec![
-        json!({"fullUrl": format!("urn:uuid:{}", composition["id"].as_str().unwrap_or_default()), "resource": composition}),
-    ];
-    entries.push(json!({"fullUrl": full_url(base, patient), "resource": p}));
-    let mut included = std::collections::BTreeSet::new();
+    // Values are moved, never embedded with `json!` (which would serialize each one again).
+    composition["section"] = Value::Array(sections);
+    let composition_url = format!(
+        "urn:uuid:{}",
+        composition["id"].as_str().unwrap_or_default()
+    );
+    // The resources each section names, once each, in section order.
+    let mut order: Vec<(String, String)> = Vec::new();
     for group in [
         &cpr, &respect, &advance, &lpa, &places, &meds, &team, &plans, &other,
     ] {
-        for (st, v) in group.iter() {
-            if included.insert((st.resource_type.clone(), st.id.clone())) {
-                entries.push(json!({"fullUrl": full_url(base, st), "resource": v}));
+        for (st, _) in group.iter() {
+            let key = (st.resource_type.clone(), st.id.clone());
+            if !order.contains(&key) {
+                order.push(key);
             }
+        }
+    }
+    drop((cpr, respect, advance, lpa, places, meds, team, plans, other));
+    let mut parsed: std::collections::HashMap<(String, String), (&Stored, Value)> = s
+        .items
+        .into_iter()
+        .map(|(st, v)| ((st.resource_type.clone(), st.id.clone()), (st, v)))
+        .collect();
+    let mut entries = vec![
+        respond::entry(composition_url, composition, None),
+        respond::entry(full_url(base, patient), p, None),
+    ];
+    for key in &order {
+        if let Some((st, v)) = parsed.remove(key) {
+            entries.push(respond::entry(full_url(base, st), v, None));
         }
     }
     let mut b = bundle("document", None, vec![], entries);
@@ -554,7 +574,7 @@ pub async fn everything(
             let next = (items.len() > count).then(|| format!("{}/{}", items[count - 1].resource_type, items[count - 1].id));
             items.truncate(count);
             let base = &state.base_url;
-            let mut entries: Vec<Value> = items.iter().map(|s| json!({"fullUrl": full_url(base, s), "resource": respond::parse(s), "search": {"mode": "match"}})).collect();
+            let mut entries: Vec<Value> = items.iter().map(|s| respond::entry(full_url(base, s), respond::parse(s), Some("match"))).collect();
             if withheld > 0 && caller.gate.may_know_withheld() {
                 entries.push(json!({"resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "suppressed",
                     "diagnostics": format!("{withheld} resource(s) withheld by the sharing rules")}]}, "search": {"mode": "outcome"}}));

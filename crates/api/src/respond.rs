@@ -95,6 +95,17 @@ pub fn bundle(
     b
 }
 
+/// A Bundle entry. The resource is moved in: `json!` would serialize it all over again.
+pub fn entry(full_url: String, resource: Value, search_mode: Option<&str>) -> Value {
+    let mut m = serde_json::Map::with_capacity(3);
+    m.insert("fullUrl".into(), Value::String(full_url));
+    m.insert("resource".into(), resource);
+    if let Some(mode) = search_mode {
+        m.insert("search".into(), json!({ "mode": mode }));
+    }
+    Value::Object(m)
+}
+
 pub fn full_url(base: &str, s: &Stored) -> String {
     format!("{base}/{}/{}", s.resource_type, s.id)
 }

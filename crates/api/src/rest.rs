@@ -669,7 +669,13 @@ fn searchset(
     page: search::SearchPage,
 ) -> Value {
     let base = &state.base_url;
-    let to_entry = |s: &Stored, mode: &str| json!({"fullUrl": full_url(base, s), "resource": respond::subset(respond::parse(s), q.summary, &q.elements), "search": {"mode": mode}});
+    let to_entry = |s: &Stored, mode: &str| {
+        respond::entry(
+            full_url(base, s),
+            respond::subset(respond::parse(s), q.summary, &q.elements),
+            Some(mode),
+        )
+    };
     let mut entries: Vec<Value> = if q.summary == Summary::Count {
         vec![]
     } else {
@@ -862,7 +868,14 @@ pub async fn conformance_search(
     }
     let entries: Vec<Value> = items
         .iter()
-        .map(|r| json!({"fullUrl": format!("{}/{ty}/{}", state.base_url, r["id"].as_str().unwrap_or_default()), "resource": r, "search": {"mode": "match"}}))
+        .map(|r| {
+            let url = format!(
+                "{}/{ty}/{}",
+                state.base_url,
+                r["id"].as_str().unwrap_or_default()
+            );
+            respond::entry(url, (*r).clone(), Some("match"))
+        })
         .collect();
     Ok(respond::json(
         StatusCode::OK,

@@ -86,7 +86,7 @@ impl DatabaseUrl {
                 // pooled connection instead of copying pages into each connection's own cache.
                 c.batch_execute(
                     "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                     PRAGMA mmap_size = 1073741824;",
+                     PRAGMA mmap_size = 0;",
                 )?;
                 if writer {
                     // Checkpoints run on their own thread (see `writer`), never inside a commit;
