@@ -407,7 +407,7 @@ mod tests {
     fn principal(user: bool, reason: Option<&str>) -> Principal {
         let mut p = Principal {
             client_id: "crew-app".into(),
-            org: OdsCode::parse("RX801").unwrap(),
+            org: OdsCode::parse("RX801").expect("ods code"),
             role: Role::Ambulance,
             user_id: None,
             user_name: None,
@@ -438,7 +438,7 @@ mod tests {
             description: None,
         };
         let rec = record(&req, log);
-        let v: Value = serde_json::from_str(&rec.content).unwrap();
+        let v: Value = serde_json::from_str(&rec.content).expect("audit JSON");
         (rec, v)
     }
 
@@ -498,7 +498,7 @@ mod tests {
         assert_eq!(v["agent"][1]["who"]["identifier"]["value"], "crew-app");
         assert_eq!(v["agent"][2]["who"]["identifier"]["value"], "RX801");
         // The patient is named once, as the patient, not again as an object.
-        assert_eq!(v["entity"].as_array().unwrap().len(), 2);
+        assert_eq!(v["entity"].as_array().map(Vec::len), Some(2));
         assert!(v.get("outcomeDesc").is_none());
     }
 }
