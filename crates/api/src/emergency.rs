@@ -127,7 +127,7 @@ impl<'a> Summary<'a> {
 
 /// The current ReSPECT form: final, not entered-in-error, and not replaced by a later form (a
 /// DocumentReference index marked superseded, or one that another `relatesTo: replaces` names).
-fn current_respect<'a>(s: &'a Summary<'a>) -> Option<&'a (&'a Stored, Value)> {
+fn current_respect<'s, 'a>(s: &'s Summary<'a>) -> Option<&'s (&'a Stored, Value)> {
     let superseded: Vec<String> = s
         .items
         .iter()
@@ -407,22 +407,21 @@ fn build_document(state: &AppState, patient: &Stored, items: &[Stored]) -> Value
         composition["id"].as_str().unwrap_or_default()
     );
     // The resources each section names, once each, in section order.
-    let mut order: Vec<(String, String)> = Vec::new();
+    let mut order: Vec<(&str, &str)> = Vec::new();
     for group in [
         &cpr, &respect, &advance, &lpa, &places, &meds, &team, &plans, &other,
     ] {
-        for (st, _) in group.iter() {
-            let key = (st.resource_type.clone(), st.id.clone());
+        for &&(st, _) in group.iter() {
+            let key = (st.resource_type.as_str(), st.id.as_str());
             if !order.contains(&key) {
                 order.push(key);
             }
         }
     }
-    drop((cpr, respect, advance, lpa, places, meds, team, plans, other));
-    let mut parsed: std::collections::HashMap<(String, String), (&Stored, Value)> = s
+    let mut parsed: std::collections::HashMap<(&str, &str), (&Stored, Value)> = s
         .items
         .into_iter()
-        .map(|(st, v)| ((st.resource_type.clone(), st.id.clone()), (st, v)))
+        .map(|(st, v)| ((st.resource_type.as_str(), st.id.as_str()), (st, v)))
         .collect();
     let mut entries = vec![
         respond::entry(composition_url, composition, None),

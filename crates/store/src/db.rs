@@ -82,12 +82,7 @@ impl DatabaseUrl {
                 let mut c = SqliteConnection::establish(p)?;
                 // WAL: readers never block the writer. synchronous=FULL: every commit is fsync'd,
                 // so an acknowledged write survives power loss; group commit keeps it fast.
-                // Memory-mapped reads share the operating system's page cache between every
-                // pooled connection instead of copying pages into each connection's own cache.
-                c.batch_execute(
-                    "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                     PRAGMA mmap_size = 0;",
-                )?;
+                c.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")?;
                 if writer {
                     // Checkpoints run on their own thread (see `writer`), never inside a commit;
                     // the WAL file is cut back to 64 MiB when it restarts.
@@ -196,25 +191,62 @@ impl Sql {
 
     /// Appends another fragment, renumbering its placeholders.
     pub fn append(&mut self, other: &Sql) -> &mut Self {
-        let mut rest = other.text.as_str();
-        let mut bi = other.binds.iter();
-        while let Some(pos) = rest.find('$') {
-            self.text.push_str(&rest[..pos]);
-            let after = &rest[pos + 1..];
-            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-            if digits == 0 {
-                self.text.push('$');
-                rest = after;
-                continue;
+        let mut binds = other.binds.iter();
+        for part in parts(&other.text) {
+            match part {
+                Part::Text(t) => {
+                    self.text.push_str(t);
+                }
+                Part::Param => {
+                    if let Some(b) = binds.next() {
+                        self.bind(b.clone());
+                    }
+                }
             }
-            if let Some(b) = bi.next() {
-                self.bind(b.clone());
-            }
-            rest = &after[digits..];
         }
-        self.text.push_str(rest);
         self
     }
+}
+
+/// A piece of a [`Sql`] text: literal SQL (a `$` not followed by digits stays literal), or one
+/// `$n` placeholder.
+enum Part<'a> {
+    Text(&'a str),
+    Param,
+}
+
+/// Splits a [`Sql`] text into literal pieces and placeholders, in order.
+fn parts(text: &str) -> impl Iterator<Item = Part<'_>> {
+    let mut rest = text;
+    let mut param_next = false;
+    std::iter::from_fn(move || {
+        if std::mem::take(&mut param_next) {
+            return Some(Part::Param);
+        }
+        if rest.is_empty() {
+            return None;
+        }
+        let mut from = 0;
+        while let Some(p) = rest[from..].find('$') {
+            let pos = from + p;
+            let digits = rest[pos + 1..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            if digits == 0 {
+                from = pos + 1;
+                continue;
+            }
+            let literal = &rest[..pos];
+            rest = &rest[pos + 1 + digits..];
+            if literal.is_empty() {
+                return Some(Part::Param);
+            }
+            param_next = true;
+            return Some(Part::Text(literal));
+        }
+        Some(Part::Text(std::mem::take(&mut rest)))
+    })
 }
 
 /// A statement as diesel sees it: the `$n` placeholders of a [`Sql`] become real bind
@@ -244,32 +276,24 @@ where
         if !self.cache {
             out.unsafe_to_cache_prepared();
         }
-        let mut rest = self.sql.text.as_str();
         let mut binds = self.sql.binds.iter();
-        while let Some(pos) = rest.find('$') {
-            out.push_sql(&rest[..pos]);
-            let after = &rest[pos + 1..];
-            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-            if digits == 0 {
-                out.push_sql("$");
-                rest = after;
-                continue;
+        for part in parts(&self.sql.text) {
+            match part {
+                Part::Text(t) => out.push_sql(t),
+                Part::Param => match binds.next() {
+                    Some(Bind::Text(s)) => out.push_bind_param::<Text, _>(s)?,
+                    Some(Bind::OptText(s)) => out.push_bind_param::<Nullable<Text>, _>(s)?,
+                    Some(Bind::Int(i)) => out.push_bind_param::<BigInt, _>(i)?,
+                    Some(Bind::Bool(b)) => out.push_bind_param::<Bool, _>(b)?,
+                    Some(Bind::Float(f)) => out.push_bind_param::<Double, _>(f)?,
+                    None => {
+                        return Err(diesel::result::Error::QueryBuilderError(
+                            "more placeholders than bind values".into(),
+                        ))
+                    }
+                },
             }
-            match binds.next() {
-                Some(Bind::Text(s)) => out.push_bind_param::<Text, _>(s)?,
-                Some(Bind::OptText(s)) => out.push_bind_param::<Nullable<Text>, _>(s)?,
-                Some(Bind::Int(i)) => out.push_bind_param::<BigInt, _>(i)?,
-                Some(Bind::Bool(b)) => out.push_bind_param::<Bool, _>(b)?,
-                Some(Bind::Float(f)) => out.push_bind_param::<Double, _>(f)?,
-                None => {
-                    return Err(diesel::result::Error::QueryBuilderError(
-                        "more placeholders than bind values".into(),
-                    ))
-                }
-            }
-            rest = &after[digits..];
         }
-        out.push_sql(rest);
         Ok(())
     }
 }

@@ -264,7 +264,7 @@ struct SortedRow {
     sv_text: Option<String>,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Cursor {
     i: Option<i64>,
     t: Option<String>,
@@ -274,12 +274,10 @@ struct Cursor {
     b: bool,
 }
 
-fn encode_cursor(r: &SortedRow, backward: bool) -> String {
+fn encode_cursor(c: &Cursor, backward: bool) -> String {
     let c = Cursor {
-        i: r.sv_int,
-        t: r.sv_text.clone(),
-        id: r.res.id.clone(),
         b: backward,
+        ..c.clone()
     };
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(serde_json::to_vec(&c).unwrap_or_default())
@@ -349,8 +347,8 @@ pub fn search(
     let mut page = SearchPage::default();
     let mut facts_cache = HashMap::new();
     let batch = (page_size + 1).clamp(2, 1001) as i64;
-    // (forward position, backward position) of each row on the page, in walk order.
-    let mut positions: Vec<(String, String)> = Vec::new();
+    // Positions of the first and last rows on the page, in walk order; only these become links.
+    let (mut first, mut last): (Option<Cursor>, Option<Cursor>) = (None, None);
     let mut more = false;
     if page_size > 0 && q.summary != epaccs_fhir::query::Summary::Count {
         'fill: loop {
@@ -386,13 +384,12 @@ pub fn search(
             let rows: Vec<SortedRow> = load(conn, &sql)?;
             let exhausted = (rows.len() as i64) < batch;
             for r in rows {
-                let here = (encode_cursor(&r, false), encode_cursor(&r, true));
-                cursor = Some(Cursor {
+                let here = Cursor {
                     i: r.sv_int,
                     t: r.sv_text.clone(),
                     id: r.res.id.clone(),
                     b: backward,
-                });
+                };
                 match gate_row(gate, r.res, &mut facts_cache, true)? {
                     Decided::Visible(s) => {
                         if page.matches.len() == page_size {
@@ -400,38 +397,34 @@ pub fn search(
                             break 'fill;
                         }
                         page.matches.push(s);
-                        positions.push(here);
+                        if first.is_none() {
+                            first = Some(here.clone());
+                        }
+                        last = Some(here.clone());
                     }
                     Decided::Withheld { .. } => page.withheld += 1,
                 }
+                cursor = Some(here);
             }
             if exhausted {
                 break;
             }
         }
     }
-    if backward {
+    // A backward walk came from after this page, so a next page exists; earlier rows only if
+    // found. A forward walk has a previous page when it started from a cursor.
+    let (page_first, page_last, has_next, has_prev) = if backward {
         page.matches.reverse();
-        positions.reverse();
-        // We came from after this page, so a next page exists; earlier rows only if found.
-        page.next_cursor = positions.last().map(|p| p.0.clone());
-        page.prev_cursor = if more {
-            positions.first().map(|p| p.1.clone())
-        } else {
-            None
-        };
+        (last, first, true, more)
     } else {
-        page.next_cursor = if more {
-            positions.last().map(|p| p.0.clone())
-        } else {
-            None
-        };
-        page.prev_cursor = if started_mid_list {
-            positions.first().map(|p| p.1.clone())
-        } else {
-            None
-        };
-    }
+        (first, last, more, started_mid_list)
+    };
+    page.next_cursor = page_last
+        .filter(|_| has_next)
+        .map(|c| encode_cursor(&c, false));
+    page.prev_cursor = page_first
+        .filter(|_| has_prev)
+        .map(|c| encode_cursor(&c, true));
     if q.total == epaccs_fhir::query::Total::Accurate
         || q.summary == epaccs_fhir::query::Summary::Count
     {
