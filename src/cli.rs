@@ -58,6 +58,9 @@ pub struct ServeArgs {
     /// Database connections in the read pool.
     #[arg(long, env = "EPACCS_POOL_SIZE", default_value = "16")]
     pub pool_size: String,
+    /// MiB of current resources kept in memory for reads (0 turns the cache off).
+    #[arg(long, env = "EPACCS_READ_CACHE_MB", default_value = "256")]
+    pub read_cache_mb: String,
     /// JSON file with the sharing rules (default rules if unset).
     #[arg(long, env = "EPACCS_SHARING_RULES")]
     pub sharing_rules: Option<String>,
@@ -186,6 +189,10 @@ impl ServeArgs {
         if pool_size == 0 {
             bail!("EPACCS_POOL_SIZE must be at least 1");
         }
+        let read_cache_mb = parse_num::<u64>("EPACCS_READ_CACHE_MB", &self.read_cache_mb)?;
+        if read_cache_mb > 1 << 20 {
+            bail!("EPACCS_READ_CACHE_MB must be at most 1048576");
+        }
         let max_body_bytes = parse_num::<usize>("EPACCS_MAX_BODY_BYTES", &self.max_body_bytes)?;
         let rules = Settings::load_rules(self.sharing_rules.as_deref())?;
         let max_attempts =
@@ -205,6 +212,7 @@ impl ServeArgs {
             base_url,
             workers,
             pool_size,
+            read_cache_mb,
             rules,
             limits: Limits {
                 max_body_bytes,

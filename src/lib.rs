@@ -22,6 +22,8 @@ pub struct Settings {
     pub base_url: Option<String>,
     pub workers: usize,
     pub pool_size: u32,
+    /// MiB of current resources kept in memory for reads (0 = off).
+    pub read_cache_mb: u64,
     pub rules: Rules,
     pub limits: Limits,
     pub notify: epaccs_notify::NotifyOptions,
@@ -85,6 +87,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let url = settings.database_url.clone();
     let opts = StoreOptions {
         pool_size: settings.pool_size,
+        cache_bytes: settings.read_cache_mb << 20,
         ..Default::default()
     };
     let store = tokio::task::spawn_blocking(move || Store::open(&url, params, opts))

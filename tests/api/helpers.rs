@@ -116,6 +116,7 @@ fn settings(db_url: &str) -> Settings {
         base_url: None,
         workers: 2,
         pool_size: 8,
+        read_cache_mb: 256,
         rules: epaccs_access::Rules::default(),
         limits: Limits {
             max_body_bytes: 256 * 1024,
@@ -179,6 +180,11 @@ impl TestApp {
         let running = epaccs::start(s).await.expect("server restarts");
         self.base = running.base_url.clone();
         self.running = Some(running);
+    }
+
+    /// Tries to start a second server over this app's database (it must be refused).
+    pub async fn start_second(&self) -> anyhow::Result<epaccs::Running> {
+        epaccs::start(settings(&self.db_url)).await
     }
 
     pub fn db(&self) -> DbArgs {

@@ -11,6 +11,7 @@ both_backends!(
     conditional_create_and_update,
     concurrent_if_match_exactly_one_wins,
     nothing_lost_across_restart,
+    reads_never_go_back_and_one_instance_per_database,
     json_patch_and_prefer,
     one_record_per_person_and_patient_links,
     capability_statement_reflects_the_server,
@@ -350,6 +351,60 @@ async fn nothing_lost_across_restart(b: Backend) {
         .get("/Patient?family=durable&_total=accurate&_count=100")
         .await;
     assert_eq!(all.body["total"], 20);
+}
+
+/// Reads are served from memory when they can be; they must never show an older version than
+/// one already acknowledged, to the writer or to concurrent readers. A second instance over the
+/// same database (which would not empty this one's cache) is refused.
+async fn reads_never_go_back_and_one_instance_per_database(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let gp = app.client("gp-system", "A81001", "gp").await;
+    let created = gp.create(&patient(&nhs(7), "Current", "A81001")).await;
+    let id = created["id"].as_str().expect("id").to_string();
+    let path = format!("/Patient/{id}");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..6)
+        .map(|_| {
+            let (gp, path, done) = (gp.clone(), path.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut last = 0u64;
+                let mut reads = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = gp.get(&path).await;
+                    assert_eq!(r.status, 200);
+                    let v: u64 = r.body["meta"]["versionId"]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .expect("versionId");
+                    assert!(v >= last, "a read went back from version {last} to {v}");
+                    last = v;
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let mut body = created.clone();
+    for v in 2..=16u64 {
+        body["name"][0]["given"] = json!([format!("Version{v}")]);
+        let put = gp.put(&path, &body, &[]).await;
+        assert_eq!(put.status, 200, "{}", put.text);
+        let read = gp.get(&path).await;
+        assert_eq!(read.body["meta"]["versionId"], v.to_string());
+        assert_eq!(read.body["name"][0]["given"][0], format!("Version{v}"));
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    for r in readers {
+        assert!(r.await.expect("reader") > 0);
+    }
+    let second = app.start_second().await;
+    let err = second.err().expect("a second instance must be refused");
+    assert!(
+        format!("{err:#}").contains("another epaccs instance"),
+        "unexpected refusal: {err:#}"
+    );
+    // The first instance still serves.
+    assert_eq!(gp.get(&path).await.status, 200);
 }
 
 async fn json_patch_and_prefer(b: Backend) {

@@ -428,11 +428,9 @@ pub async fn read(
         .audited(&state, "read", Some(&ty), async {
             let kind = kind(&ty)?;
             caller.require(kind.name, Interaction::Read)?;
-            let gate = caller.gate.clone();
-            let (t, i) = (kind.name.to_string(), id.clone());
             Ok(state
                 .store
-                .with_conn(move |c| resources::read(c, &gate, &t, &i))
+                .read(caller.gate.clone(), kind.name, &id)
                 .await?)
         })
         .await?;

@@ -271,7 +271,9 @@ impl TokenService {
         let (cid, j) = (client_id.clone(), jti);
         let fresh = self
             .store
-            .write(move |c| clients::remember_jti(c, &cid, &j, exp + LEEWAY as i64, now))
+            .write_bookkeeping(move |c| {
+                clients::remember_jti(c, &cid, &j, exp + LEEWAY as i64, now)
+            })
             .await
             .map_err(unavailable)?;
         if !fresh {

@@ -65,7 +65,7 @@ pub fn start(store: Store, rules: Arc<Rules>, opts: NotifyOptions) -> Worker {
             if lease_until - now < LEASE.as_micros() as i64 / 3 {
                 let (holder, expires) = (me.clone(), now + LEASE.as_micros() as i64);
                 match store
-                    .write(move |c| outbox::acquire_lease(c, &holder, now, expires))
+                    .write_bookkeeping(move |c| outbox::acquire_lease(c, &holder, now, expires))
                     .await
                 {
                     Ok(true) => lease_until = expires,
@@ -100,7 +100,7 @@ pub fn start(store: Store, rules: Arc<Rules>, opts: NotifyOptions) -> Worker {
         }
         let holder = me.clone();
         if let Err(e) = store
-            .write(move |c| outbox::release_lease(c, &holder))
+            .write_bookkeeping(move |c| outbox::release_lease(c, &holder))
             .await
         {
             tracing::warn!(error = %e, "could not release the delivery lease");
@@ -161,14 +161,14 @@ async fn deliver_in_order(
             Delivery::Delivered => {
                 let seq = ev.seq;
                 store
-                    .write(move |c| outbox::mark_delivered(c, seq, "delivered"))
+                    .write_bookkeeping(move |c| outbox::mark_delivered(c, seq, "delivered"))
                     .await?;
                 settled += 1;
             }
             Delivery::Disclosed(rec) => {
                 let seq = ev.seq;
                 store
-                    .write(move |c| {
+                    .write_bookkeeping(move |c| {
                         epaccs_store::audit::insert(c, &rec)?;
                         outbox::mark_delivered(c, seq, "delivered")
                     })
@@ -178,7 +178,7 @@ async fn deliver_in_order(
             Delivery::Suppressed => {
                 let seq = ev.seq;
                 store
-                    .write(move |c| {
+                    .write_bookkeeping(move |c| {
                         outbox::mark_delivered(
                             c,
                             seq,
@@ -198,7 +198,7 @@ async fn deliver_in_order(
                     epaccs_fhir::date::now_micros() + (delay.as_micros() as f64 * jitter) as i64;
                 let (seq, reason) = (ev.seq, why.clone());
                 let attempts = store
-                    .write(move |c| outbox::mark_failed(c, seq, next, &reason))
+                    .write_bookkeeping(move |c| outbox::mark_failed(c, seq, next, &reason))
                     .await?;
                 tracing::info!(subscription = %sub.id, attempt = attempts, error = %why, "notification failed");
                 if attempts >= opts.max_attempts {

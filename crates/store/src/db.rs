@@ -395,4 +395,23 @@ mod tests {
         assert_eq!(a.text, "a = $1 AND b = $2 AND c = $3");
         assert_eq!(a.binds.len(), 3);
     }
+
+    /// Cached statements must be prepared once: without the planner stability guarantee
+    /// (`.cargo/config.toml`), SQLite re-prepares a statement whenever a bound LIMIT changes.
+    #[test]
+    fn sqlite_is_built_with_planner_stability() {
+        #[derive(QueryableByName)]
+        struct Opt {
+            #[diesel(sql_type = Text)]
+            compile_options: String,
+        }
+        let mut c = SqliteConnection::establish(":memory:").expect("in-memory database");
+        let opts: Vec<Opt> = diesel::sql_query("PRAGMA compile_options")
+            .load(&mut c)
+            .expect("compile options");
+        assert!(
+            opts.iter().any(|o| o.compile_options == "ENABLE_QPSG"),
+            "SQLite was built without SQLITE_ENABLE_QPSG"
+        );
+    }
 }

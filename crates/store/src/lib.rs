@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 pub mod audit;
+mod cache;
 pub mod clients;
 pub mod db;
 mod facts;
+mod instance;
 mod lifecycle;
 pub mod outbox;
 pub mod resources;
@@ -11,6 +13,7 @@ pub mod search;
 mod writer;
 
 pub use db::{DatabaseUrl, DbConn};
+use resources::ResourceRow;
 pub use resources::{HistoryEntry, Put, Stored, WriteOp, Written};
 
 use epaccs_fhir::search::SearchParams;
@@ -110,6 +113,8 @@ pub struct Store {
 pub struct StoreOptions {
     pub pool_size: u32,
     pub connect_timeout: std::time::Duration,
+    /// Bytes of current resources kept in memory for reads (0 = off).
+    pub cache_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -117,6 +122,7 @@ impl Default for StoreOptions {
         StoreOptions {
             pool_size: 16,
             connect_timeout: std::time::Duration::from_secs(5),
+            cache_bytes: 256 << 20,
         }
     }
 }
@@ -137,7 +143,7 @@ impl Store {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot open the connection pool: {e}"))
             })?;
-        let writer = writer::Writer::start(url.clone())?;
+        let writer = writer::Writer::start(url.clone(), cache::ReadCache::new(opts.cache_bytes))?;
         let backend = if url.is_sqlite() {
             "sqlite"
         } else {
@@ -179,21 +185,57 @@ impl Store {
         .map_err(|e| StoreError::Internal(format!("worker failed: {e}")))?
     }
 
+    /// Reads the current version of a resource through the gate. Served from the read cache
+    /// when it holds the row (no database round trip), otherwise read on the blocking pool and
+    /// offered to the cache. The gate decides on every call, cached or not.
+    pub async fn read(
+        &self,
+        gate: Arc<epaccs_access::Gate>,
+        ty: &str,
+        id: &str,
+    ) -> Result<Stored, StoreError> {
+        let cache = self.writer.cache().clone();
+        if let Some(row) = cache.get(ty, id) {
+            return resources::decide_read(&gate, ResourceRow::clone(&row));
+        }
+        let (ty, id) = (ty.to_string(), id.to_string());
+        self.with_conn(move |c| {
+            let ticket = cache.ticket();
+            let row = resources::current_row(c, &ty, &id)?.ok_or(StoreError::NotFound)?;
+            cache.offer(ticket, &row);
+            resources::decide_read(&gate, row)
+        })
+        .await
+    }
+
     /// Appends an audit record in the next group commit (no savepoint of its own); resolves
     /// once it is durable.
     pub async fn append_audit(
         &self,
         rec: epaccs_access::audit::AuditRecord,
     ) -> Result<(), StoreError> {
-        self.writer.append(move |c| audit::insert(c, &rec)).await
+        self.writer
+            .submit(writer::Kind::Append, move |c| audit::insert(c, &rec))
+            .await
     }
 
-    /// Runs `f` in the next group commit; resolves once it is durable.
+    /// Runs `f` in the next group commit; resolves once it is durable. Anything that may change
+    /// resources or the sharing facts goes through here (it empties the read cache).
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
     {
-        self.writer.submit(f).await
+        self.writer.submit(writer::Kind::Data, f).await
+    }
+
+    /// Like `write`, for the service's own bookkeeping that never touches resources or sharing
+    /// facts (seen `jti`s, delivery marks, leases), so the read cache stays warm.
+    pub async fn write_bookkeeping<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.submit(writer::Kind::Bookkeeping, f).await
     }
 }

@@ -28,7 +28,7 @@ pub struct Stored {
     pub content: String,
 }
 
-#[derive(QueryableByName, Debug)]
+#[derive(QueryableByName, Debug, Clone)]
 pub(crate) struct ResourceRow {
     #[diesel(sql_type = Text)]
     pub res_type: String,
@@ -105,7 +105,11 @@ pub(crate) fn gate_row(
 
 const COLUMNS: &str = "r.res_type, r.id, r.version_id, r.patient_key, r.writer_org, r.deleted, r.last_updated, r.content, pa.facts";
 
-fn current_row(conn: &mut DbConn, ty: &str, id: &str) -> Result<Option<ResourceRow>, StoreError> {
+pub(crate) fn current_row(
+    conn: &mut DbConn,
+    ty: &str,
+    id: &str,
+) -> Result<Option<ResourceRow>, StoreError> {
     let mut sql = Sql::new(&format!("SELECT {COLUMNS} FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.patient_key WHERE r.res_type = "));
     sql.text(ty).push(" AND r.id = ").text(id);
     Ok(load::<ResourceRow>(conn, &sql)?.pop())
@@ -122,6 +126,11 @@ fn withheld(reveal: bool, reason: String) -> StoreError {
 /// Reads the current version.
 pub fn read(conn: &mut DbConn, gate: &Gate, ty: &str, id: &str) -> Result<Stored, StoreError> {
     let row = current_row(conn, ty, id)?.ok_or(StoreError::NotFound)?;
+    decide_read(gate, row)
+}
+
+/// The gate's decision on a current row, as a read's answer.
+pub(crate) fn decide_read(gate: &Gate, row: ResourceRow) -> Result<Stored, StoreError> {
     match gate_row(gate, row, &mut HashMap::new(), true)? {
         Decided::Visible(s) if s.deleted => Err(StoreError::Gone {
             version_id: s.version_id,

@@ -2,7 +2,9 @@
 //! inside a shared transaction; the batch commits once (one fsync) and every job is answered only
 //! after that commit. A 2xx therefore always means durable, and many writers share one fsync.
 
+use crate::cache::ReadCache;
 use crate::db::{DatabaseUrl, DbConn};
+use crate::instance;
 use crate::StoreError;
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
@@ -10,7 +12,24 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&mut DbConn) -> Completion + Send>;
+type Work = Box<dyn FnOnce(&mut DbConn) -> Completion + Send>;
+
+struct Job {
+    work: Work,
+    /// May change clinical data or sharing facts: the read cache is emptied after its batch.
+    changes_data: bool,
+}
+
+/// What a job may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Resources or the sharing facts (runs in a savepoint).
+    Data,
+    /// Only the service's own bookkeeping: seen `jti`s, delivery marks, leases (savepoint).
+    Bookkeeping,
+    /// Appends rows only, an audit record (no savepoint).
+    Append,
+}
 
 /// The most jobs committed together.
 const MAX_BATCH: usize = 512;
@@ -20,15 +39,23 @@ const WAIT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+    cache: std::sync::Arc<ReadCache>,
     /// Signalled after a committed batch that enqueued notifications (wakes the worker).
     pub committed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Writer {
-    pub fn start(url: DatabaseUrl) -> Result<Writer, StoreError> {
-        let conn = url
+    pub fn start(url: DatabaseUrl, cache: std::sync::Arc<ReadCache>) -> Result<Writer, StoreError> {
+        // One writing instance per database (see `instance`): the lock is held by this thread
+        // (the file) or its connection (the PostgreSQL session) for as long as it runs.
+        let lock_file = match &url {
+            DatabaseUrl::Sqlite(path) => Some(instance::claim_file(path, instance::CLAIM_WAIT)?),
+            DatabaseUrl::Postgres(_) => None,
+        };
+        let mut conn = url
             .connect(true)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        instance::claim_session(&mut conn, instance::CLAIM_WAIT)?;
         let (tx, rx) = mpsc::channel::<Job>(8192);
         let committed = std::sync::Arc::new(tokio::sync::Notify::new());
         let signal = committed.clone();
@@ -39,38 +66,38 @@ impl Writer {
         };
         std::thread::Builder::new()
             .name("epaccs-writer".into())
-            .spawn(move || run(url, conn, rx, signal, checkpoints))
+            .spawn({
+                let cache = cache.clone();
+                move || {
+                    let _held = lock_file;
+                    run(url, conn, rx, signal, cache, checkpoints)
+                }
+            })
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Writer { tx, committed })
+        Ok(Writer {
+            tx,
+            cache,
+            committed,
+        })
+    }
+
+    pub fn cache(&self) -> &std::sync::Arc<ReadCache> {
+        &self.cache
     }
 
     /// Runs `f` in the next batch; resolves after the batch has committed durably.
-    pub async fn submit<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.enqueue(f, true).await
-    }
-
-    /// Like `submit`, for a job that only appends rows (an audit record) and so needs no
-    /// savepoint of its own. If it fails on PostgreSQL the whole batch fails and every caller
-    /// in it is answered 503: nothing is lost or claimed durable that is not.
-    pub async fn append<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.enqueue(f, false).await
-    }
-
-    async fn enqueue<T, F>(&self, f: F, savepoint: bool) -> Result<T, StoreError>
+    ///
+    /// A `Kind::Append` job (an audit record) gets no savepoint of its own: if it fails on
+    /// PostgreSQL the whole batch fails and every caller in it is answered 503, so nothing is
+    /// lost or claimed durable that is not.
+    pub async fn submit<T, F>(&self, kind: Kind, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
     {
         let (done_tx, done_rx) = oneshot::channel::<Result<T, StoreError>>();
-        let job: Job = Box::new(move |conn: &mut DbConn| {
+        let savepoint = kind != Kind::Append;
+        let work: Work = Box::new(move |conn: &mut DbConn| {
             // A nested transaction is a savepoint: a failing job undoes only itself.
             let result = if savepoint {
                 conn.transaction(|c| f(c))
@@ -81,6 +108,10 @@ impl Writer {
                 let _ = done_tx.send(committed.and(result));
             }) as Completion
         });
+        let job = Job {
+            work,
+            changes_data: kind == Kind::Data,
+        };
         self.tx
             .send(job)
             .await
@@ -102,6 +133,7 @@ fn run(
     conn: DbConn,
     mut rx: mpsc::Receiver<Job>,
     committed: std::sync::Arc<tokio::sync::Notify>,
+    cache: std::sync::Arc<ReadCache>,
     // Held only so the checkpointer stops when the writer does.
     _checkpoints: Option<std::sync::mpsc::Sender<()>>,
 ) {
@@ -115,7 +147,17 @@ fn run(
             }
         }
         if conn.is_none() {
-            conn = url.connect(true).ok();
+            // A new PostgreSQL session must take the instance lock again; if another instance
+            // took it meanwhile, this one keeps refusing writes.
+            conn = url.connect(true).ok().and_then(|mut c| {
+                match instance::claim_session(&mut c, Duration::ZERO) {
+                    Ok(()) => Some(c),
+                    Err(e) => {
+                        tracing::error!(error = %e, "writer cannot reclaim the database");
+                        None
+                    }
+                }
+            });
         }
         let Some(c) = conn.as_mut() else {
             // Dropping the jobs answers them 503; the next batch tries to reconnect.
@@ -124,12 +166,17 @@ fn run(
             continue;
         };
         let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
+        let changes_data = jobs.iter().any(|j| j.changes_data);
         let result = c.transaction::<(), diesel::result::Error, _>(|c| {
             for job in jobs {
-                completions.push(job(c));
+                completions.push((job.work)(c));
             }
             Ok(())
         });
+        // Before anyone in the batch is answered (committed or not: emptying is always safe).
+        if changes_data {
+            cache.invalidate_all();
+        }
         let outcome = result.map_err(|e| {
             tracing::error!(error = %e, "group commit failed");
             StoreError::Unavailable("the database could not commit".into())
