@@ -98,8 +98,12 @@ async fn summary_shows_only_current_decisions(b: Backend) {
         .as_str()
         .expect("id")
         .to_string();
-    gp.create(&index(&pid, &new_form, "current", Some(&old_index)))
-        .await;
+    let new_index = gp
+        .create(&index(&pid, &new_form, "current", Some(&old_index)))
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
 
     let statement = gp.create(&observation(&pid, "816281000000101")).await["id"]
         .as_str()
@@ -166,6 +170,27 @@ async fn summary_shows_only_current_decisions(b: Backend) {
             );
         }
     }
+
+    // A newer form replaces the one just shown: the very next summary (summaries are served
+    // from memory when nothing has changed) must show only the newest.
+    let newest = gp.create(&respect_form(&pid, "2026-11-01")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    gp.create(&index(&pid, &newest, "current", Some(&new_index)))
+        .await;
+    let again = crew
+        .get(&format!(
+            "/Patient/$emergency-summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
+            nhs(1)
+        ))
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(
+        refs(section(&again.body, "ReSPECT")),
+        vec![newest],
+        "a replaced ReSPECT form was shown as current"
+    );
 }
 
 async fn demographic_lookup_never_guesses(b: Backend) {

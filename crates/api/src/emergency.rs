@@ -493,32 +493,30 @@ pub async fn summary(
             caller.require("Patient", Interaction::Read)?;
             let lookup = parse_lookup(&pairs)?;
             let gate = caller.gate.clone();
-            let (patient, items) = state
-                .store
-                .with_conn(move |c| {
-                    let candidates = match &lookup {
-                        Lookup::Nhs(n) => resources::patients_by_nhs(c, n)?,
-                        Lookup::Demographics { family, birth, postcode } => resources::patients_by_demographics(c, family, *birth, postcode)?,
-                    };
-                    match candidates.as_slice() {
-                        [] => Err(StoreError::NotFound),
-                        [one] => {
-                            let patient = resources::read(c, &gate, "Patient", one)?;
-                            let (items, _) = resources::compartment(c, &gate, one, SUMMARY_TYPES, None)?;
-                            Ok((patient, items))
-                        }
-                        _ => Err(StoreError::Unprocessable(vec![Issue::error(
-                            "multiple-matches",
-                            None,
-                            "more than one person matches these details: no clinical data is returned. Give the NHS number, or more detail, to identify the person",
-                        )])),
-                    }
-                })
-                .await
-                .map_err(|e| match e {
-                    StoreError::NotFound => ApiError::NotFound("no record matches these details".into()),
-                    other => other.into(),
-                })?;
+            let store = &state.store;
+            let not_found = |e| match e {
+                StoreError::NotFound => ApiError::NotFound("no record matches these details".into()),
+                other => ApiError::from(other),
+            };
+            let candidates = match &lookup {
+                Lookup::Nhs(n) => store.patients_by_nhs(n).await,
+                Lookup::Demographics { family, birth, postcode } => store.patients_by_demographics(family, *birth, postcode).await,
+            }
+            .map_err(not_found)?;
+            let one = match candidates.as_slice() {
+                [] => return Err(not_found(StoreError::NotFound)),
+                [one] => one,
+                _ => {
+                    return Err(StoreError::Unprocessable(vec![Issue::error(
+                        "multiple-matches",
+                        None,
+                        "more than one person matches these details: no clinical data is returned. Give the NHS number, or more detail, to identify the person",
+                    )])
+                    .into())
+                }
+            };
+            let patient = store.read(gate.clone(), "Patient", one).await.map_err(not_found)?;
+            let (items, _) = store.compartment(gate, one, SUMMARY_TYPES).await.map_err(not_found)?;
             let items: Vec<Stored> = items.into_iter().filter(|s| s.resource_type != "Patient").collect();
             Ok(build_document(&state, &patient, &items))
         })

@@ -1,4 +1,7 @@
-//! A read-through cache of current resource rows, with the sharing facts they were read with.
+//! A read-through cache of what reads look up most: current resource rows (with the sharing facts
+//! they were read with), a patient's resources for the emergency summary, and the NHS-number and
+//! demographic look-ups. It holds rows *before* the gate: every request is still decided by its
+//! own gate, on the facts the row was read with.
 //!
 //! It is coherent because this process is the only writer (see `instance.rs`): the group-commit
 //! writer empties it after every committed batch that may have changed clinical data or sharing
@@ -19,28 +22,48 @@ use std::sync::Arc;
 /// Bytes charged for an entry besides its JSON (keys, facts, bookkeeping).
 const ENTRY_OVERHEAD: u64 = 256;
 
+/// A cached answer.
+#[derive(Debug)]
+pub(crate) enum Cached {
+    /// One current resource (`Type/id`).
+    Row(ResourceRow),
+    /// Several rows (a patient's resources of some types).
+    Rows(Vec<ResourceRow>),
+    /// Ids (a look-up's candidates).
+    Ids(Vec<String>),
+}
+
+fn row_weight(row: &ResourceRow) -> u64 {
+    ENTRY_OVERHEAD + row.content.len() as u64 + row.facts.as_ref().map_or(0, |f| f.len() as u64)
+}
+
 #[derive(Clone)]
 struct Weigher;
 
-impl quick_cache::Weighter<String, Arc<ResourceRow>> for Weigher {
-    fn weight(&self, key: &String, row: &Arc<ResourceRow>) -> u64 {
-        ENTRY_OVERHEAD
-            + key.len() as u64
-            + row.content.len() as u64
-            + row.facts.as_ref().map_or(0, |f| f.len() as u64)
+impl quick_cache::Weighter<String, Arc<Cached>> for Weigher {
+    fn weight(&self, key: &String, v: &Arc<Cached>) -> u64 {
+        key.len() as u64
+            + match v.as_ref() {
+                Cached::Row(r) => row_weight(r),
+                Cached::Rows(rows) => ENTRY_OVERHEAD + rows.iter().map(row_weight).sum::<u64>(),
+                Cached::Ids(ids) => {
+                    ENTRY_OVERHEAD + ids.iter().map(|i| i.len() as u64 + 24).sum::<u64>()
+                }
+            }
     }
 }
 
 pub(crate) struct ReadCache {
     generation: AtomicU64,
-    rows: Option<quick_cache::sync::Cache<String, Arc<ResourceRow>, Weigher>>,
+    rows: Option<quick_cache::sync::Cache<String, Arc<Cached>, Weigher>>,
 }
 
 /// Where a reader stood before its read transaction began.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ticket(u64);
 
-fn key(ty: &str, id: &str) -> String {
+/// The key of one current resource.
+pub(crate) fn key(ty: &str, id: &str) -> String {
     let mut k = String::with_capacity(ty.len() + id.len() + 1);
     k.push_str(ty);
     k.push('/');
@@ -62,8 +85,8 @@ impl ReadCache {
         })
     }
 
-    pub fn get(&self, ty: &str, id: &str) -> Option<Arc<ResourceRow>> {
-        self.rows.as_ref()?.get(&key(ty, id))
+    pub fn get(&self, key: &str) -> Option<Arc<Cached>> {
+        self.rows.as_ref()?.get(key)
     }
 
     /// Taken before the read transaction that may fill the cache begins.
@@ -71,16 +94,15 @@ impl ReadCache {
         Ticket(self.generation.load(Ordering::SeqCst))
     }
 
-    /// Offers a row read in a transaction that began after `ticket` was taken.
-    pub fn offer(&self, ticket: Ticket, row: &ResourceRow) {
+    /// Offers an answer read in a transaction that began after `ticket` was taken.
+    pub fn offer(&self, ticket: Ticket, key: String, value: Arc<Cached>) {
         let Some(rows) = &self.rows else { return };
         if self.generation.load(Ordering::SeqCst) != ticket.0 {
             return;
         }
-        let k = key(&row.res_type, &row.id);
-        rows.insert(k.clone(), Arc::new(row.clone()));
+        rows.insert(key.clone(), value);
         if self.generation.load(Ordering::SeqCst) != ticket.0 {
-            rows.remove(&k);
+            rows.remove(&key);
         }
     }
 
@@ -116,21 +138,36 @@ mod tests {
         let c = ReadCache::new(1 << 20);
         let t = c.ticket();
         c.invalidate_all(); // a commit lands while the reader is reading
-        c.offer(t, &row("p1", "old"));
-        assert!(c.get("Patient", "p1").is_none());
+        c.offer(
+            t,
+            key("Patient", "p1"),
+            Arc::new(Cached::Row(row("p1", "old"))),
+        );
+        assert!(c.get("Patient/p1").is_none());
         let t = c.ticket();
-        c.offer(t, &row("p1", "new"));
-        assert_eq!(c.get("Patient", "p1").expect("cached").content, "new");
+        c.offer(
+            t,
+            key("Patient", "p1"),
+            Arc::new(Cached::Row(row("p1", "new"))),
+        );
+        match c.get("Patient/p1").as_deref() {
+            Some(Cached::Row(r)) => assert_eq!(r.content, "new"),
+            other => panic!("expected the new row, got {other:?}"),
+        }
         c.invalidate_all();
-        assert!(c.get("Patient", "p1").is_none());
+        assert!(c.get("Patient/p1").is_none());
     }
 
     #[test]
     fn off_when_sized_zero() {
         let c = ReadCache::new(0);
         let t = c.ticket();
-        c.offer(t, &row("p1", "x"));
+        c.offer(
+            t,
+            key("Patient", "p1"),
+            Arc::new(Cached::Row(row("p1", "x"))),
+        );
         assert!(c.rows.is_none());
-        assert!(c.get("Patient", "p1").is_none());
+        assert!(c.get("Patient/p1").is_none());
     }
 }

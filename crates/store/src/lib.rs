@@ -12,8 +12,8 @@ pub mod resources;
 pub mod search;
 mod writer;
 
+use cache::Cached;
 pub use db::{DatabaseUrl, DbConn};
-use resources::ResourceRow;
 pub use resources::{HistoryEntry, Put, Stored, WriteOp, Written};
 
 use epaccs_fhir::search::SearchParams;
@@ -194,16 +194,98 @@ impl Store {
         ty: &str,
         id: &str,
     ) -> Result<Stored, StoreError> {
-        let cache = self.writer.cache().clone();
-        if let Some(row) = cache.get(ty, id) {
-            return resources::decide_read(&gate, ResourceRow::clone(&row));
-        }
+        let key = cache::key(ty, id);
         let (ty, id) = (ty.to_string(), id.to_string());
+        let row = self
+            .cached(key, move |c| {
+                let row = resources::current_row(c, &ty, &id)?.ok_or(StoreError::NotFound)?;
+                Ok(Cached::Row(row))
+            })
+            .await?;
+        match row.as_ref() {
+            Cached::Row(r) => resources::decide_read(&gate, r.clone()),
+            _ => Err(StoreError::Internal(
+                "read cache holds the wrong kind".into(),
+            )),
+        }
+    }
+
+    /// A patient's live resources of the given types, through the gate (cached like `read`):
+    /// what may be shown, and how many were withheld.
+    pub async fn compartment(
+        &self,
+        gate: Arc<epaccs_access::Gate>,
+        patient_id: &str,
+        types: &'static [&'static str],
+    ) -> Result<(Vec<Stored>, usize), StoreError> {
+        let key = format!("compartment|{patient_id}|{}", types.join(","));
+        let pid = patient_id.to_string();
+        let rows = self
+            .cached(key, move |c| {
+                Ok(Cached::Rows(resources::compartment_rows(
+                    c, &pid, types, None,
+                )?))
+            })
+            .await?;
+        match rows.as_ref() {
+            Cached::Rows(r) => resources::gate_compartment(&gate, r.iter().cloned()),
+            _ => Err(StoreError::Internal(
+                "read cache holds the wrong kind".into(),
+            )),
+        }
+    }
+
+    /// Live Patient ids carrying this NHS number (not gated: see `resources::patients_by_nhs`).
+    pub async fn patients_by_nhs(
+        &self,
+        n: &epaccs_core::NhsNumber,
+    ) -> Result<Vec<String>, StoreError> {
+        let n = n.clone();
+        let ids = self
+            .cached(format!("nhs|{}", n.as_str()), move |c| {
+                Ok(Cached::Ids(resources::patients_by_nhs(c, &n)?))
+            })
+            .await?;
+        ids_of(&ids)
+    }
+
+    /// Live Patient ids matching family name, birth date and postcode exactly (not gated).
+    pub async fn patients_by_demographics(
+        &self,
+        family: &str,
+        birth: epaccs_fhir::date::Range,
+        postcode: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let key = format!(
+            "demographics|{family}|{}|{}|{postcode}",
+            birth.low, birth.high
+        );
+        let (family, postcode) = (family.to_string(), postcode.to_string());
+        let ids = self
+            .cached(key, move |c| {
+                Ok(Cached::Ids(resources::patients_by_demographics(
+                    c, &family, birth, &postcode,
+                )?))
+            })
+            .await?;
+        ids_of(&ids)
+    }
+
+    /// The cached answer under `key`, or `load` run on the blocking pool and offered to the
+    /// cache (see `cache` for why a stale answer can never stay).
+    async fn cached<F>(&self, key: String, load: F) -> Result<Arc<Cached>, StoreError>
+    where
+        F: FnOnce(&mut DbConn) -> Result<Cached, StoreError> + Send + 'static,
+    {
+        let cache = self.writer.cache().clone();
+        if let Some(hit) = cache.get(&key) {
+            return Ok(hit);
+        }
         self.with_conn(move |c| {
             let ticket = cache.ticket();
-            let row = resources::current_row(c, &ty, &id)?.ok_or(StoreError::NotFound)?;
-            cache.offer(ticket, &row);
-            resources::decide_read(&gate, row)
+            let value = Arc::new(load(c)?);
+            cache.offer(ticket, key, value.clone());
+            Ok(value)
         })
         .await
     }
@@ -237,5 +319,14 @@ impl Store {
         F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
     {
         self.writer.submit(writer::Kind::Bookkeeping, f).await
+    }
+}
+
+fn ids_of(c: &Cached) -> Result<Vec<String>, StoreError> {
+    match c {
+        Cached::Ids(ids) => Ok(ids.clone()),
+        _ => Err(StoreError::Internal(
+            "read cache holds the wrong kind".into(),
+        )),
     }
 }

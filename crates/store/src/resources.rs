@@ -1104,6 +1104,16 @@ pub fn compartment(
     types: &[&str],
     since: Option<i64>,
 ) -> Result<(Vec<Stored>, usize), StoreError> {
+    gate_compartment(gate, compartment_rows(conn, patient_key, types, since)?)
+}
+
+/// A patient's live resources (of the given types, changed since a time), before the gate.
+pub(crate) fn compartment_rows(
+    conn: &mut DbConn,
+    patient_key: &str,
+    types: &[&str],
+    since: Option<i64>,
+) -> Result<Vec<ResourceRow>, StoreError> {
     let mut sql = Sql::new(&format!("SELECT {COLUMNS} FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.patient_key WHERE r.patient_key = "));
     sql.text(patient_key).push(" AND r.deleted = FALSE");
     if !types.is_empty() {
@@ -1120,7 +1130,14 @@ pub fn compartment(
         sql.push(" AND r.last_updated >= ").int(s);
     }
     sql.push(" ORDER BY r.res_type, r.id");
-    let rows: Vec<ResourceRow> = load(conn, &sql)?;
+    Ok(load(conn, &sql)?)
+}
+
+/// The gate's decisions on a patient's rows: what may be shown, and how many were withheld.
+pub(crate) fn gate_compartment(
+    gate: &Gate,
+    rows: impl IntoIterator<Item = ResourceRow>,
+) -> Result<(Vec<Stored>, usize), StoreError> {
     let mut cache = HashMap::new();
     let mut out = Vec::new();
     let mut withheld = 0;
