@@ -3,7 +3,8 @@
 use crate::gate::LogEntry;
 use crate::rules::Decision;
 use epaccs_core::{Principal, Purpose};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 /// The outcome codes of AuditEvent.outcome.
@@ -53,8 +54,8 @@ pub struct AuditRecord {
     pub outcome: String,
     pub break_glass: bool,
     pub patients: Vec<String>,
-    /// The AuditEvent as JSON text, serialized by the request's own thread so the single
-    /// writer thread only stores it.
+    /// The record's `Facts` as compact JSON, serialized by the request's own thread so the
+    /// single writer thread only stores it; `render_stored` turns it into the AuditEvent.
     pub content: String,
 }
 
@@ -187,11 +188,72 @@ const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-ty
 const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 const RESTFUL: &str = "http://hl7.org/fhir/restful-interaction";
 
-/// Builds the AuditEvent for one request from what the gate decided.
+/// What one AuditEvent says, as stored: only what varies between events, in short keys. The
+/// FHIR AuditEvent (about 2 KB, mostly fixed codes) is rendered from it when the trail is read
+/// (`render`), so a record costs a few hundred bytes on the single writer's commit path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Facts<'a> {
+    #[serde(rename = "i")]
+    pub interaction: Cow<'a, str>,
+    #[serde(rename = "q", default, skip_serializing_if = "str::is_empty")]
+    pub query: Cow<'a, str>,
+    #[serde(rename = "o")]
+    pub outcome: Cow<'a, str>,
+    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Cow<'a, str>>,
+    #[serde(rename = "p")]
+    pub purpose: Cow<'a, str>,
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub break_glass_reason: Option<Cow<'a, str>>,
+    #[serde(rename = "bg", default, skip_serializing_if = "is_false")]
+    pub break_glass: bool,
+    #[serde(rename = "c")]
+    pub client_id: Cow<'a, str>,
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Cow<'a, str>>,
+    #[serde(rename = "un", default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<Cow<'a, str>>,
+    #[serde(rename = "ur", default, skip_serializing_if = "Option::is_none")]
+    pub user_role: Option<Cow<'a, str>>,
+    pub org: Cow<'a, str>,
+    pub role: Cow<'a, str>,
+    /// Patient keys.
+    #[serde(rename = "pt", default, skip_serializing_if = "Vec::is_empty")]
+    pub patients: Vec<Cow<'a, str>>,
+    /// Other resources touched, each once, with what was decided.
+    #[serde(rename = "e", default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<(Cow<'a, str>, Decided)>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// What the gate decided about one resource, as the audit trail records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Decided {
+    #[serde(rename = "p")]
+    Permitted,
+    #[serde(rename = "b")]
+    BreakGlass,
+    #[serde(rename = "w")]
+    Withheld,
+}
+
+impl Decided {
+    fn text(self) -> &'static str {
+        match self {
+            Decided::Permitted => "permitted",
+            Decided::BreakGlass => "permitted by break-glass",
+            Decided::Withheld => "withheld",
+        }
+    }
+}
+
+/// Builds the audit record for one request from what the gate decided.
 pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
     let id = uuid::Uuid::now_v7().to_string();
     let recorded = epaccs_fhir::date::now_micros();
-    let recorded_text = epaccs_fhir::date::format_instant(recorded);
     let p = req.principal;
     let break_glass = log.iter().any(|e| e.decision == Decision::BreakGlass);
     let refused = log
@@ -201,8 +263,77 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
         .iter()
         .filter_map(|e| e.patient_key.as_deref())
         .collect();
-    let patient_refs: Vec<String> = patients.iter().map(|k| format!("Patient/{k}")).collect();
-    // Every resource touched, each once, with what was decided.
+    let mut seen = BTreeSet::new();
+    let mut resources = Vec::new();
+    for e in log {
+        if !seen.insert(e.resource.as_str())
+            || e.resource.starts_with("Patient/") && patients.contains(&e.resource[8..])
+        {
+            continue;
+        }
+        let decided = match &e.decision {
+            Decision::Permit(_) => Decided::Permitted,
+            Decision::BreakGlass => Decided::BreakGlass,
+            Decision::Deny { .. } => Decided::Withheld,
+        };
+        resources.push((Cow::Borrowed(e.resource.as_str()), decided));
+    }
+    resources.truncate(1000usize.saturating_sub(patients.len()));
+    let description = match req.description.as_deref() {
+        Some(d) if !d.is_empty() => Some(Cow::Borrowed(d)),
+        _ if refused => Some(Cow::Borrowed(
+            "some or all data withheld by the sharing rules",
+        )),
+        _ => None,
+    };
+    let facts = Facts {
+        interaction: Cow::Borrowed(req.interaction),
+        query: Cow::Borrowed(req.query),
+        outcome: Cow::Borrowed(req.outcome.code()),
+        description,
+        purpose: Cow::Borrowed(p.purpose.code()),
+        break_glass_reason: p.break_glass_reason.as_deref().map(Cow::Borrowed),
+        break_glass,
+        client_id: Cow::Borrowed(&p.client_id),
+        user_id: p.user_id.as_deref().map(Cow::Borrowed),
+        user_name: p.user_name.as_deref().map(Cow::Borrowed),
+        user_role: p.user_role.as_deref().map(Cow::Borrowed),
+        org: Cow::Borrowed(p.org.as_str()),
+        role: Cow::Borrowed(p.role.as_str()),
+        patients: patients.iter().map(|k| Cow::Borrowed(*k)).collect(),
+        resources,
+    };
+    let content = serde_json::to_string(&facts).unwrap_or_default();
+    AuditRecord {
+        client_id: p.client_id.clone(),
+        user_id: p.user_id.clone(),
+        org: p.org.to_string(),
+        role: p.role.to_string(),
+        purpose: p.purpose.code().to_string(),
+        outcome: req.outcome.code().to_string(),
+        break_glass,
+        patients: patients.into_iter().map(str::to_string).collect(),
+        content,
+        id,
+        recorded,
+    }
+}
+
+/// The FHIR AuditEvent for a stored record. Records stored before the compact form are whole
+/// AuditEvents already and are returned as they are.
+pub fn render_stored(id: &str, recorded: i64, content: &str) -> Result<String, String> {
+    if content.starts_with("{\"resourceType\"") {
+        return Ok(content.to_string());
+    }
+    let facts: Facts<'_> = serde_json::from_str(content)
+        .map_err(|e| format!("audit record {id} cannot be read: {e}"))?;
+    Ok(render(id, recorded, &facts))
+}
+
+/// Renders the FHIR AuditEvent (R4) that a record's facts describe.
+pub fn render(id: &str, recorded: i64, f: &Facts<'_>) -> String {
+    let recorded_text = epaccs_fhir::date::format_instant(recorded);
+    let patient_refs: Vec<String> = f.patients.iter().map(|k| format!("Patient/{k}")).collect();
     let mut entities: Vec<Entity<'_>> = patient_refs
         .iter()
         .map(|r| Entity {
@@ -212,29 +343,17 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
             description: None,
         })
         .collect();
-    let mut seen = BTreeSet::new();
-    for e in log {
-        if !seen.insert(e.resource.as_str())
-            || e.resource.starts_with("Patient/") && patients.contains(&e.resource[8..])
-        {
-            continue;
-        }
-        let decided = match &e.decision {
-            Decision::Permit(_) => "permitted",
-            Decision::BreakGlass => "permitted by break-glass",
-            Decision::Deny { .. } => "withheld",
-        };
+    for (resource, decided) in &f.resources {
         entities.push(Entity {
             what: Some(Reference {
-                reference: &e.resource,
+                reference: resource,
             }),
             kind: coding(ENTITY_TYPE, "2", Some("System Object")),
             role: None,
-            description: Some(decided),
+            description: Some(decided.text()),
         });
     }
-    entities.truncate(1000);
-    if !req.query.is_empty() {
+    if !f.query.is_empty() {
         entities.push(Entity {
             what: None,
             kind: Coding {
@@ -243,11 +362,11 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
                 display: None,
             },
             role: Some(coding(OBJECT_ROLE, "24", Some("Query"))),
-            description: Some(req.query),
+            description: Some(&f.query),
         });
     }
-    let interaction = coding(RESTFUL, req.interaction, None);
-    let (kind, subtype) = if break_glass {
+    let interaction = coding(RESTFUL, &f.interaction, None);
+    let (kind, subtype) = if f.break_glass {
         (
             coding(DCM, "110113", Some("Security Alert")),
             vec![
@@ -266,20 +385,20 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
         )
     };
     let purpose = || Concept {
-        coding: vec![coding(Purpose::SYSTEM, p.purpose.code(), None)],
+        coding: vec![coding(Purpose::SYSTEM, &f.purpose, None)],
         text: None,
     };
     let mut roles = vec![Concept {
-        coding: vec![coding(crate::facts::ROLE_SYSTEM, p.role.as_str(), None)],
+        coding: vec![coding(crate::facts::ROLE_SYSTEM, &f.role, None)],
         text: None,
     }];
     let client = || Identifier {
         system: CLIENT_ID_SYSTEM,
-        value: &p.client_id,
+        value: &f.client_id,
     };
-    let who = match &p.user_id {
+    let who = match &f.user_id {
         Some(u) => {
-            if let Some(r) = &p.user_role {
+            if let Some(r) = &f.user_role {
                 let (system, code) = r.split_once('|').unwrap_or(("", r));
                 roles.push(Concept {
                     coding: vec![Coding {
@@ -295,7 +414,7 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
                     system: SDS_USER_SYSTEM,
                     value: u,
                 },
-                display: p.user_name.as_deref(),
+                display: f.user_name.as_deref(),
             }
         }
         None => Who {
@@ -317,7 +436,7 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
         purpose_of_use: vec![purpose()],
         role: roles,
     }];
-    if p.user_id.is_some() {
+    if f.user_id.is_some() {
         agents.push(Agent {
             requestor: false,
             kind: Concept {
@@ -341,7 +460,7 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
         who: Who {
             identifier: Identifier {
                 system: epaccs_core::OdsCode::SYSTEM,
-                value: p.org.as_str(),
+                value: &f.org,
             },
             display: None,
         },
@@ -349,25 +468,20 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
         role: vec![],
     });
     let mut purpose_of_event = purpose();
-    purpose_of_event.text = p.break_glass_reason.as_deref();
-    let desc = match req.description.as_deref() {
-        Some(d) if !d.is_empty() => Some(d),
-        _ if refused => Some("some or all data withheld by the sharing rules"),
-        _ => None,
-    };
+    purpose_of_event.text = f.break_glass_reason.as_deref();
     let event = AuditEvent {
         resource_type: "AuditEvent",
-        id: &id,
+        id,
         meta: Meta {
             version_id: "1",
             last_updated: &recorded_text,
         },
         kind,
         subtype,
-        action: action_code(req.interaction),
+        action: action_code(&f.interaction),
         recorded: &recorded_text,
-        outcome: req.outcome.code(),
-        outcome_desc: desc,
+        outcome: &f.outcome,
+        outcome_desc: f.description.as_deref(),
         purpose_of_event: [purpose_of_event],
         agent: agents,
         source: Source {
@@ -381,20 +495,7 @@ pub fn record(req: &Request<'_>, log: &[LogEntry]) -> AuditRecord {
         },
         entity: entities,
     };
-    let content = serde_json::to_string(&event).unwrap_or_default();
-    AuditRecord {
-        client_id: p.client_id.clone(),
-        user_id: p.user_id.clone(),
-        org: p.org.to_string(),
-        role: p.role.to_string(),
-        purpose: p.purpose.code().to_string(),
-        outcome: req.outcome.code().to_string(),
-        break_glass,
-        patients: patients.into_iter().map(str::to_string).collect(),
-        content,
-        id,
-        recorded,
-    }
+    serde_json::to_string(&event).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -438,7 +539,8 @@ mod tests {
             description: None,
         };
         let rec = record(&req, log);
-        let v: Value = serde_json::from_str(&rec.content).expect("audit JSON");
+        let event = render_stored(&rec.id, rec.recorded, &rec.content).expect("readable record");
+        let v: Value = serde_json::from_str(&event).expect("audit JSON");
         (rec, v)
     }
 
@@ -500,5 +602,25 @@ mod tests {
         // The patient is named once, as the patient, not again as an object.
         assert_eq!(v["entity"].as_array().map(Vec::len), Some(2));
         assert!(v.get("outcomeDesc").is_none());
+    }
+
+    #[test]
+    fn stored_compactly_and_older_whole_events_read_back_unchanged() {
+        let p = principal(false, None);
+        let log = vec![LogEntry {
+            patient_key: Some("4e582028-10cb-404f-887c-a49f0d495e16".into()),
+            resource: "Patient/4e582028-10cb-404f-887c-a49f0d495e16".into(),
+            decision: Decision::Permit(crate::rules::Basis::Consent),
+        }];
+        let (rec, v) = build(&p, &log, Outcome::Success);
+        assert!(
+            rec.content.len() < 300,
+            "record is {} bytes",
+            rec.content.len()
+        );
+        assert!(serde_json::to_string(&v).expect("json").len() > 1500);
+        let whole = r#"{"resourceType":"AuditEvent","id":"old"}"#;
+        assert_eq!(render_stored("old", 0, whole).as_deref(), Ok(whole));
+        assert!(render_stored("bad", 0, "{not json").is_err());
     }
 }

@@ -126,7 +126,12 @@ pub fn search(
         };
     }
     if let Some(b) = q.break_glass {
-        sql.push(" AND a.break_glass = ").bind(Bind::Bool(b));
+        // A literal, so the partial index of break-glass events can serve it.
+        sql.push(if b {
+            " AND a.break_glass = TRUE"
+        } else {
+            " AND a.break_glass = FALSE"
+        });
     }
     if let Some(o) = &q.outcome {
         sql.push(" AND a.outcome = ").text(o.clone());
@@ -149,5 +154,10 @@ pub fn search(
     } else {
         None
     };
-    Ok((rows.into_iter().map(|r| r.content).collect(), next))
+    let events = rows
+        .into_iter()
+        .map(|r| epaccs_access::audit::render_stored(&r.id, r.recorded, &r.content))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::Internal)?;
+    Ok((events, next))
 }
