@@ -7,6 +7,11 @@
 //! `EPACCS_BENCH_ONLY` (comma-separated words: run only the scenarios whose names contain one).
 
 use actix_web::{web, App, HttpResponse, HttpServer};
+
+// The same allocator as the service binary (`src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use epaccs::{synthetic, Settings};
 use epaccs_auth::keys::{self, ClientAlg};
 use serde_json::{json, Value};
