@@ -282,6 +282,59 @@ async fn run() {
     let gp = token(&http, &base, &pem, &kid, "bench-gp", "system/*.*").await;
     let crew = token(&http, &base, &pem, &kid, "bench-crew", "system/*.read").await;
 
+    // The same read without its audit record: a bench-only server over the same store, token
+    // service and sharing rules (the service itself has no way to turn audit off). Only to
+    // measure what the durable audit record costs a read.
+    let unaudited_url = {
+        let tokens = Arc::new(
+            epaccs_auth::TokenService::new(running.store.clone(), &base)
+                .await
+                .expect("token service"),
+        );
+        let (store, rules) = (
+            running.store.clone(),
+            Arc::new(epaccs_access::Rules::default()),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = HttpServer::new(move || {
+            let (tokens, store, rules) = (tokens.clone(), store.clone(), rules.clone());
+            App::new().route(
+                "/Patient/{id}",
+                web::get().to(move |req: actix_web::HttpRequest, id: web::Path<String>| {
+                    let (tokens, store, rules) = (tokens.clone(), store.clone(), rules.clone());
+                    async move {
+                        let bearer = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|h| h.to_str().ok())
+                            .and_then(|h| h.strip_prefix("Bearer "))
+                            .unwrap_or_default()
+                            .to_string();
+                        let Ok(principal) = tokens.verify(&bearer).await else {
+                            return HttpResponse::Unauthorized().finish();
+                        };
+                        let gate = Arc::new(epaccs_access::Gate::new(principal, rules));
+                        match store.read(gate, "Patient", &id).await {
+                            Ok(s) => HttpResponse::Ok()
+                                .insert_header(("etag", format!("W/\"{}\"", s.version_id)))
+                                .content_type("application/fhir+json")
+                                .body(s.content),
+                            Err(_) => HttpResponse::Forbidden().finish(),
+                        }
+                    }
+                }),
+            )
+        })
+        .workers(2)
+        .disable_signals()
+        .listen(listener)
+        .expect("listen")
+        .run();
+        tokio::spawn(server);
+        url
+    };
+
     println!("epaccs load benchmark: {} backend, {patients} synthetic people, concurrency {CONCURRENCY}, {secs} s per scenario", running.store.backend());
     // Load: Patient then the rest of the record, 32 people at a time.
     let numbers = Arc::new(synthetic::nhs_numbers(patients));
@@ -378,6 +431,28 @@ async fn run() {
     .await
     .print(Some(top));
 
+    let (c, b, t, ids2) = (http.clone(), unaudited_url, crew.clone(), ids.clone());
+    drive(
+        "read Patient/{id} without audit (bench-only server)",
+        secs,
+        move |i| {
+            let (c, u, t) = (
+                c.clone(),
+                format!("{b}/Patient/{}", ids2[i % ids2.len()]),
+                t.clone(),
+            );
+            async move {
+                c.get(&u)
+                    .bearer_auth(&t)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403)
+            }
+        },
+    )
+    .await
+    .print(Some(top));
+
     let (c, b, t, n) = (http.clone(), base.clone(), crew.clone(), numbers.clone());
     drive("search Patient?identifier=NHS", secs, move |i| {
         let u = format!(
@@ -420,6 +495,25 @@ async fn run() {
         let u = format!(
             "{b}/Patient/$emergency-summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
             n[(i * 7_919 + 13) % n.len()]
+        );
+        let (c, t) = (c.clone(), t.clone());
+        async move {
+            c.get(&u)
+                .bearer_auth(&t)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403)
+        }
+    })
+    .await
+    .print(Some(top));
+
+    // Eight crews at once: a busy night for one region's ambulance service.
+    let (c, b, t, n) = (http.clone(), base.clone(), crew.clone(), numbers.clone());
+    drive_at("$emergency-summary, eight crews (c=8)", secs, 8, move |i| {
+        let u = format!(
+            "{b}/Patient/$emergency-summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
+            n[(i * 7_907 + 29) % n.len()]
         );
         let (c, t) = (c.clone(), t.clone());
         async move {
