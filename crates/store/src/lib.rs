@@ -290,15 +290,13 @@ impl Store {
         .await
     }
 
-    /// Appends an audit record in the next group commit (no savepoint of its own); resolves
-    /// once it is durable.
+    /// Appends an audit record in the next group commit (with the batch's other records, no
+    /// savepoint of its own); resolves once it is durable.
     pub async fn append_audit(
         &self,
         rec: epaccs_access::audit::AuditRecord,
     ) -> Result<(), StoreError> {
-        self.writer
-            .submit(writer::Kind::Append, move |c| audit::insert(c, &rec))
-            .await
+        self.writer.audit(rec).await
     }
 
     /// Runs `f` in the next group commit; resolves once it is durable. Anything that may change

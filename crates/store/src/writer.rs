@@ -8,27 +8,31 @@ use crate::instance;
 use crate::StoreError;
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
+use epaccs_access::audit::AuditRecord;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Work = Box<dyn FnOnce(&mut DbConn) -> Completion + Send>;
 
-struct Job {
-    work: Work,
-    /// May change clinical data or sharing facts: the read cache is emptied after its batch.
-    changes_data: bool,
+enum Job {
+    Work {
+        work: Work,
+        /// May change clinical data or sharing facts: the read cache is emptied after its batch.
+        changes_data: bool,
+    },
+    /// An audit record: all of a batch's are appended together, a few statements per batch
+    /// rather than two per record (one round trip each on PostgreSQL).
+    Audit(Box<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
 }
 
-/// What a job may change.
+/// What a job may change (each runs in its own savepoint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// Resources or the sharing facts (runs in a savepoint).
+    /// Resources or the sharing facts.
     Data,
-    /// Only the service's own bookkeeping: seen `jti`s, delivery marks, leases (savepoint).
+    /// Only the service's own bookkeeping: seen `jti`s, delivery marks, leases.
     Bookkeeping,
-    /// Appends rows only, an audit record (no savepoint).
-    Append,
 }
 
 /// The most jobs committed together.
@@ -85,30 +89,35 @@ impl Writer {
         &self.cache
     }
 
-    /// Runs `f` in the next batch; resolves after the batch has committed durably.
-    ///
-    /// A `Kind::Append` job (an audit record) gets no savepoint of its own: if it fails on
+    /// Appends an audit record in the next batch; resolves after the batch has committed
+    /// durably. The batch's records are inserted together, with no savepoint: if that fails on
     /// PostgreSQL the whole batch fails and every caller in it is answered 503, so nothing is
     /// lost or claimed durable that is not.
+    pub async fn audit(&self, rec: AuditRecord) -> Result<(), StoreError> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.tx
+            .send(Job::Audit(Box::new(rec), done_tx))
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        answer(done_rx).await
+    }
+
+    /// Runs `f` in its own savepoint in the next batch; resolves after the batch has committed
+    /// durably.
     pub async fn submit<T, F>(&self, kind: Kind, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
     {
         let (done_tx, done_rx) = oneshot::channel::<Result<T, StoreError>>();
-        let savepoint = kind != Kind::Append;
         let work: Work = Box::new(move |conn: &mut DbConn| {
             // A nested transaction is a savepoint: a failing job undoes only itself.
-            let result = if savepoint {
-                conn.transaction(|c| f(c))
-            } else {
-                f(conn)
-            };
+            let result = conn.transaction(|c| f(c));
             Box::new(move |committed: Result<(), StoreError>| {
                 let _ = done_tx.send(committed.and(result));
             }) as Completion
         });
-        let job = Job {
+        let job = Job::Work {
             work,
             changes_data: kind == Kind::Data,
         };
@@ -116,15 +125,19 @@ impl Writer {
             .send(job)
             .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
-        match tokio::time::timeout(WAIT, done_rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(StoreError::Unavailable(
-                "the database did not accept the write".into(),
-            )),
-            Err(_) => Err(StoreError::Unavailable(
-                "timed out waiting for the database".into(),
-            )),
-        }
+        answer(done_rx).await
+    }
+}
+
+async fn answer<T>(done: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    match tokio::time::timeout(WAIT, done).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(StoreError::Unavailable(
+            "the database did not accept the write".into(),
+        )),
+        Err(_) => Err(StoreError::Unavailable(
+            "timed out waiting for the database".into(),
+        )),
     }
 }
 
@@ -166,10 +179,33 @@ fn run(
             continue;
         };
         let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
-        let changes_data = jobs.iter().any(|j| j.changes_data);
+        let mut records: Vec<AuditRecord> = Vec::new();
+        let mut audited: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
+        let mut changes_data = false;
         let result = c.transaction::<(), diesel::result::Error, _>(|c| {
             for job in jobs {
-                completions.push((job.work)(c));
+                match job {
+                    Job::Work {
+                        work,
+                        changes_data: d,
+                    } => {
+                        changes_data |= d;
+                        completions.push(work(c));
+                    }
+                    Job::Audit(rec, done) => {
+                        records.push(*rec);
+                        audited.push(done);
+                    }
+                }
+            }
+            if !records.is_empty() {
+                let appended = crate::audit::insert_many(c, &records);
+                completions.push(Box::new(move |committed: Result<(), StoreError>| {
+                    let outcome = committed.and(appended);
+                    for done in audited {
+                        let _ = done.send(outcome.clone());
+                    }
+                }));
             }
             Ok(())
         });
