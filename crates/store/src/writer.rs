@@ -40,17 +40,9 @@ const MAX_BATCH: usize = 512;
 /// How long a request waits for its batch before answering 503.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// On PostgreSQL, read audit records are also appended by this many threads of their own, each
-/// with its connection: append-only rows need no serialising, and PostgreSQL commits several
-/// transactions at once (its own group commit) while the data writer stays single.
-const PG_AUDIT_WRITERS: usize = 2;
-
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
-    /// PostgreSQL only: the audit appenders (empty on SQLite, one writer per file).
-    audit_tx: Vec<mpsc::Sender<Job>>,
-    next_audit: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     cache: std::sync::Arc<ReadCache>,
     /// Signalled after a committed batch that enqueued notifications (wakes the worker).
     pub committed: std::sync::Arc<tokio::sync::Notify>,
@@ -76,35 +68,18 @@ impl Writer {
         } else {
             None
         };
-        let mut audit_tx = Vec::new();
-        if !url.is_sqlite() {
-            for i in 0..PG_AUDIT_WRITERS {
-                let conn = url
-                    .connect(true)
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                let (atx, arx) = mpsc::channel::<Job>(8192);
-                let (url, signal, cache) = (url.clone(), committed.clone(), cache.clone());
-                std::thread::Builder::new()
-                    .name(format!("epaccs-audit-{i}"))
-                    .spawn(move || run(url, conn, arx, signal, cache, false, None))
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                audit_tx.push(atx);
-            }
-        }
         std::thread::Builder::new()
             .name("epaccs-writer".into())
             .spawn({
                 let cache = cache.clone();
                 move || {
                     let _held = lock_file;
-                    run(url, conn, rx, signal, cache, true, checkpoints)
+                    run(url, conn, rx, signal, cache, checkpoints)
                 }
             })
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Writer {
             tx,
-            audit_tx,
-            next_audit: Default::default(),
             cache,
             committed,
         })
@@ -120,15 +95,8 @@ impl Writer {
     /// lost or claimed durable that is not.
     pub async fn audit(&self, rec: AuditRecord) -> Result<(), StoreError> {
         let (done_tx, done_rx) = oneshot::channel();
-        let tx = if self.audit_tx.is_empty() {
-            &self.tx
-        } else {
-            let i = self
-                .next_audit
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            &self.audit_tx[i % self.audit_tx.len()]
-        };
-        tx.send(Job::Audit(Box::new(rec), done_tx))
+        self.tx
+            .send(Job::Audit(Box::new(rec), done_tx))
             .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
         answer(done_rx).await
@@ -179,9 +147,6 @@ fn run(
     mut rx: mpsc::Receiver<Job>,
     committed: std::sync::Arc<tokio::sync::Notify>,
     cache: std::sync::Arc<ReadCache>,
-    // The data writer holds the instance lock (and re-takes it on reconnect); audit appenders
-    // do not need it.
-    claims: bool,
     // Held only so the checkpointer stops when the writer does.
     _checkpoints: Option<std::sync::mpsc::Sender<()>>,
 ) {
@@ -198,9 +163,6 @@ fn run(
             // A new PostgreSQL session must take the instance lock again; if another instance
             // took it meanwhile, this one keeps refusing writes.
             conn = url.connect(true).ok().and_then(|mut c| {
-                if !claims {
-                    return Some(c);
-                }
                 match instance::claim_session(&mut c, Duration::ZERO) {
                     Ok(()) => Some(c),
                     Err(e) => {
