@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 both_backends!(
     parameter_types_and_modifiers,
     paging_is_stable_under_concurrent_writes,
-    result_shaping_and_handling
+    result_shaping_and_handling,
+    nhs_number_lookup_answers_as_the_general_search
 );
 
 fn ids(r: &Resp) -> Vec<String> {
@@ -264,4 +265,65 @@ async fn result_shaping_and_handling(b: Backend) {
         .await;
     assert_eq!(r.status, 400);
     r.outcome();
+}
+
+/// `Patient?identifier=<NHS number>` is answered from the cached look-up; it must give exactly
+/// what the general search gives (forced here with `_sort=_id`), for every sharing outcome.
+async fn nhs_number_lookup_answers_as_the_general_search(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let gp = app.client("gp-system", "A81001", "gp").await;
+    let consents = [Some(GIVEN), Some(WITHDRAWN), None];
+    for (i, c) in consents.iter().enumerate() {
+        let p = gp
+            .create(&patient(&nhs(60 + i as u32), "Lookup", "A81001"))
+            .await;
+        if let Some(code) = c {
+            gp.create(&consent(p["id"].as_str().expect("id"), code, "2026-01-01"))
+                .await;
+        }
+    }
+    let crew = app.client("ambulance", "RX801", "ambulance").await;
+    let home = app.client("care-home", "CH001", "care-home").await;
+    let outcome = |r: &Resp| !r.entries(Some("outcome")).is_empty();
+    let mut seen = 0;
+    for who in [&gp, &crew, &home] {
+        for i in 0..3u32 {
+            let q = format!(
+                "/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
+                nhs(60 + i)
+            );
+            let fast = who.get(&q).await;
+            let general = who.get(&format!("{q}&_sort=_id")).await;
+            assert_eq!(fast.status, 200, "{}", fast.text);
+            assert_eq!(general.status, 200, "{}", general.text);
+            assert_eq!(ids(&fast), ids(&general), "{q}");
+            assert_eq!(
+                outcome(&fast),
+                outcome(&general),
+                "{q}: withheld note differs"
+            );
+            assert_eq!(fast.body["type"], "searchset");
+            assert_eq!(fast.body["link"][0]["relation"], "self");
+            assert_eq!(
+                format!(
+                    "{}&_sort=_id",
+                    fast.body["link"][0]["url"].as_str().unwrap_or("")
+                ),
+                general.body["link"][0]["url"].as_str().unwrap_or(""),
+                "self links differ"
+            );
+            seen += ids(&fast).len();
+        }
+    }
+    // The GP sees all three; the crew the consented one; the care home none.
+    assert_eq!(seen, 3 + 1);
+    // An unknown but valid number finds nothing, and says nothing.
+    let none = crew
+        .get(&format!(
+            "/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
+            nhs(99)
+        ))
+        .await;
+    assert_eq!(none.status, 200);
+    assert!(none.entries(None).is_empty(), "{}", none.text);
 }
