@@ -51,6 +51,16 @@ pub fn insert(conn: &mut DbConn, rec: &AuditRecord) -> Result<(), StoreError> {
 /// prepared once per connection, whatever the batch size.
 const CHUNKS: [usize; 4] = [64, 16, 4, 1];
 
+/// Splits `items` into runs of the `CHUNKS` sizes, largest first.
+fn chunked<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let n = CHUNKS.into_iter().find(|&n| n <= items.len())?;
+        let (chunk, rest) = items.split_at(n);
+        items = rest;
+        Some(chunk)
+    })
+}
+
 /// Appends a batch's audit records. On PostgreSQL, where each statement is a round trip, with a
 /// few multi-row INSERTs; on SQLite (in-process) one prepared statement per row is cheaper than
 /// a multi-row VALUES list, so record by record.
@@ -58,11 +68,7 @@ pub fn insert_many(conn: &mut DbConn, recs: &[AuditRecord]) -> Result<(), StoreE
     if matches!(conn, DbConn::Sqlite(_)) {
         return recs.iter().try_for_each(|r| insert(conn, r));
     }
-    let mut rest = recs;
-    while !rest.is_empty() {
-        let n = CHUNKS.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
-        let (chunk, tail) = rest.split_at(n);
-        rest = tail;
+    for chunk in chunked(recs) {
         let mut sql = Sql::new("INSERT INTO audit_event (id, recorded, client_id, user_id, org, role, purpose, outcome, break_glass, content) VALUES ");
         for (i, rec) in chunk.iter().enumerate() {
             sql.push(if i == 0 { "(" } else { ", (" });
@@ -97,11 +103,7 @@ pub fn insert_many(conn: &mut DbConn, recs: &[AuditRecord]) -> Result<(), StoreE
                 .map(|p| (r.id.as_str(), p.as_str(), r.recorded))
         })
         .collect();
-    let mut rest = links.as_slice();
-    while !rest.is_empty() {
-        let n = CHUNKS.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
-        let (chunk, tail) = rest.split_at(n);
-        rest = tail;
+    for chunk in chunked(&links) {
         let mut sql =
             Sql::new("INSERT INTO audit_patient (audit_id, patient_key, recorded) VALUES ");
         for (i, (id, patient, recorded)) in chunk.iter().enumerate() {
