@@ -11,7 +11,7 @@ use epaccs_fhir::query::{Query, Summary};
 use epaccs_fhir::registry::{self, PatientLink, ResourceKind};
 use epaccs_fhir::validate::{self, IssueSeverity};
 use epaccs_store::resources::{self, WriteStatus};
-use epaccs_store::{audit, search, Put, StoreError, Stored, WriteOp, Written};
+use epaccs_store::{audit, search, Put, Stored, WriteOp, Written};
 use serde_json::{json, Value};
 
 /// The kind for a type named in a URL: 404 if the service does not hold it.
@@ -648,10 +648,13 @@ pub async fn run_search(
     caller.require(kind.name, Interaction::Search)?;
     let strict = prefer(req).strict;
     let q = Query::parse(state.store.params(), kind.name, &pairs, strict)?;
-    if let Some(n) = nhs_number_lookup(kind.name, &q) {
-        if let Some(page) = by_nhs_number(state, caller, &n, &q).await? {
-            return Ok(searchset(state, caller, ty, &pairs, &q, page));
-        }
+    // The commonest look-up, by NHS number alone, is answered from the read cache.
+    if let Some(page) = state
+        .store
+        .search_by_nhs_number(caller.gate.clone(), kind.name, &q)
+        .await?
+    {
+        return Ok(searchset(state, caller, ty, &pairs, &q, page));
     }
     let gate = caller.gate.clone();
     let t = kind.name.to_string();
@@ -661,64 +664,6 @@ pub async fn run_search(
         .with_conn(move |c| search::search(c, &gate, &t, &q2))
         .await?;
     Ok(searchset(state, caller, ty, &pairs, &q, page))
-}
-
-/// `Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|N` and nothing that changes the page
-/// (paging, sorting, totals, includes): the commonest look-up, answered from the store's cached
-/// NHS-number index and current rows. Anything else takes the general search.
-fn nhs_number_lookup(ty: &str, q: &Query) -> Option<epaccs_core::NhsNumber> {
-    use epaccs_fhir::query::{Filter, Total};
-    if ty != "Patient"
-        || !q.sort.is_empty()
-        || q.total != Total::None
-        || !q.include.is_empty()
-        || !q.revinclude.is_empty()
-        || q.cursor.is_some()
-        || q.summary == Summary::Count
-        || q.count == Some(0)
-    {
-        return None;
-    }
-    match q.filters.as_slice() {
-        [Filter::Token {
-            param,
-            values,
-            not: false,
-        }] if param == "identifier" => match values.as_slice() {
-            [v] if v.system.as_deref() == Some(epaccs_core::NhsNumber::SYSTEM) => {
-                epaccs_core::NhsNumber::parse(v.code.as_deref()?).ok()
-            }
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// The page `search::search` would return for an NHS-number look-up: the live Patients with
-/// that number (one, or none), in id order, each decided by the caller's gate; withheld ones
-/// counted, never shown. None when the answer would need more than one page.
-async fn by_nhs_number(
-    state: &AppState,
-    caller: &Caller,
-    n: &epaccs_core::NhsNumber,
-    q: &Query,
-) -> Result<Option<search::SearchPage>, ApiError> {
-    let mut ids = state.store.patients_by_nhs(n).await?;
-    if ids.len() > q.count.unwrap_or(epaccs_fhir::query::DEFAULT_COUNT) {
-        return Ok(None);
-    }
-    ids.sort();
-    let mut page = search::SearchPage::default();
-    for id in &ids {
-        match state.store.read(caller.gate.clone(), "Patient", id).await {
-            Ok(s) => page.matches.push(s),
-            // Withheld (revealed or not); a record deleted since the look-up is simply gone.
-            Err(StoreError::Withheld { .. } | StoreError::NotFound) => page.withheld += 1,
-            Err(StoreError::Gone { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Some(page))
 }
 
 fn searchset(

@@ -16,6 +16,7 @@
 //! the bump; a stale row never stays.
 
 use crate::resources::ResourceRow;
+use crate::StoreError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -31,6 +32,33 @@ pub(crate) enum Cached {
     Rows(Vec<ResourceRow>),
     /// Ids (a look-up's candidates).
     Ids(Vec<String>),
+}
+
+fn wrong_kind() -> StoreError {
+    StoreError::Internal("read cache holds the wrong kind of answer".into())
+}
+
+impl Cached {
+    pub fn row(&self) -> Result<&ResourceRow, StoreError> {
+        match self {
+            Cached::Row(r) => Ok(r),
+            _ => Err(wrong_kind()),
+        }
+    }
+
+    pub fn rows(&self) -> Result<&[ResourceRow], StoreError> {
+        match self {
+            Cached::Rows(r) => Ok(r),
+            _ => Err(wrong_kind()),
+        }
+    }
+
+    pub fn ids(&self) -> Result<&[String], StoreError> {
+        match self {
+            Cached::Ids(ids) => Ok(ids),
+            _ => Err(wrong_kind()),
+        }
+    }
 }
 
 fn row_weight(row: &ResourceRow) -> u64 {

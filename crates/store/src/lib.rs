@@ -194,20 +194,55 @@ impl Store {
         ty: &str,
         id: &str,
     ) -> Result<Stored, StoreError> {
+        let row = self.current(ty, id).await?;
+        resources::decide_read(&gate, row.row()?.clone())
+    }
+
+    /// The current row of a resource, before the gate (cached).
+    async fn current(&self, ty: &str, id: &str) -> Result<Arc<Cached>, StoreError> {
         let key = cache::key(ty, id);
         let (ty, id) = (ty.to_string(), id.to_string());
-        let row = self
-            .cached(key, move |c| {
-                let row = resources::current_row(c, &ty, &id)?.ok_or(StoreError::NotFound)?;
-                Ok(Cached::Row(row))
-            })
-            .await?;
-        match row.as_ref() {
-            Cached::Row(r) => resources::decide_read(&gate, r.clone()),
-            _ => Err(StoreError::Internal(
-                "read cache holds the wrong kind".into(),
-            )),
+        self.cached(key, move |c| {
+            let row = resources::current_row(c, &ty, &id)?.ok_or(StoreError::NotFound)?;
+            Ok(Cached::Row(row))
+        })
+        .await
+    }
+
+    /// The page `search::search` would return for an NHS-number look-up
+    /// (`search::nhs_number_only`), answered from the cache: the live Patients with that number
+    /// (one, or none), in id order, each decided by the caller's gate; withheld ones counted,
+    /// never shown. None when the query is not such a look-up or needs more than one page.
+    pub async fn search_by_nhs_number(
+        &self,
+        gate: Arc<epaccs_access::Gate>,
+        ty: &str,
+        q: &epaccs_fhir::query::Query,
+    ) -> Result<Option<search::SearchPage>, StoreError> {
+        let Some(n) = search::nhs_number_only(ty, q) else {
+            return Ok(None);
+        };
+        let mut ids = self.patients_by_nhs(&n).await?;
+        if ids.len() > q.count.unwrap_or(epaccs_fhir::query::DEFAULT_COUNT) {
+            return Ok(None);
         }
+        ids.sort();
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in &ids {
+            match self.current("Patient", id).await {
+                Ok(row) => rows.push(row.row()?.clone()),
+                // Deleted since the look-up.
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let (matches, withheld) =
+            resources::gate_compartment(&gate, rows.into_iter().filter(|r| !r.deleted))?;
+        Ok(Some(search::SearchPage {
+            matches,
+            withheld,
+            ..Default::default()
+        }))
     }
 
     /// A patient's live resources of the given types, through the gate (cached like `read`):
@@ -227,12 +262,7 @@ impl Store {
                 )?))
             })
             .await?;
-        match rows.as_ref() {
-            Cached::Rows(r) => resources::gate_compartment(&gate, r.iter().cloned()),
-            _ => Err(StoreError::Internal(
-                "read cache holds the wrong kind".into(),
-            )),
-        }
+        resources::gate_compartment(&gate, rows.rows()?.iter().cloned())
     }
 
     /// Live Patient ids carrying this NHS number (not gated: see `resources::patients_by_nhs`).
@@ -246,7 +276,7 @@ impl Store {
                 Ok(Cached::Ids(resources::patients_by_nhs(c, &n)?))
             })
             .await?;
-        ids_of(&ids)
+        Ok(ids.ids()?.to_vec())
     }
 
     /// Live Patient ids matching family name, birth date and postcode exactly (not gated).
@@ -268,7 +298,7 @@ impl Store {
                 )?))
             })
             .await?;
-        ids_of(&ids)
+        Ok(ids.ids()?.to_vec())
     }
 
     /// The cached answer under `key`, or `load` run on the blocking pool and offered to the
@@ -317,14 +347,5 @@ impl Store {
         F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
     {
         self.writer.submit(writer::Kind::Bookkeeping, f).await
-    }
-}
-
-fn ids_of(c: &Cached) -> Result<Vec<String>, StoreError> {
-    match c {
-        Cached::Ids(ids) => Ok(ids.clone()),
-        _ => Err(StoreError::Internal(
-            "read cache holds the wrong kind".into(),
-        )),
     }
 }

@@ -15,6 +15,37 @@ use epaccs_fhir::query::{DateValue, Filter, Prefix, Query, SortField, StringMode
 use epaccs_fhir::search::ParamType;
 use std::collections::{BTreeSet, HashMap};
 
+/// The NHS number of `Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|N` when nothing else
+/// changes the page (paging, sorting, totals, includes, count-only): the commonest look-up, which
+/// `Store::search_by_nhs_number` answers from the read cache.
+pub fn nhs_number_only(ty: &str, q: &Query) -> Option<epaccs_core::NhsNumber> {
+    use epaccs_fhir::query::{Summary, Total};
+    if ty != "Patient"
+        || !q.sort.is_empty()
+        || q.total != Total::None
+        || !q.include.is_empty()
+        || !q.revinclude.is_empty()
+        || q.cursor.is_some()
+        || q.summary == Summary::Count
+        || q.count == Some(0)
+    {
+        return None;
+    }
+    match q.filters.as_slice() {
+        [Filter::Token {
+            param,
+            values,
+            not: false,
+        }] if param == "identifier" => match values.as_slice() {
+            [v] if v.system.as_deref() == Some(epaccs_core::NhsNumber::SYSTEM) => {
+                epaccs_core::NhsNumber::parse(v.code.as_deref()?).ok()
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// One page of results.
 #[derive(Debug, Default)]
 pub struct SearchPage {
