@@ -230,9 +230,8 @@ fn html_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The resource types an emergency summary draws on.
+/// The resource types an emergency summary draws on besides the Patient (read on its own).
 const SUMMARY_TYPES: &[&str] = &[
-    "Patient",
     "Observation",
     "Composition",
     "DocumentReference",
@@ -517,7 +516,6 @@ pub async fn summary(
             };
             let patient = store.read(gate.clone(), "Patient", one).await.map_err(not_found)?;
             let (items, _) = store.compartment(gate, one, SUMMARY_TYPES).await.map_err(not_found)?;
-            let items: Vec<Stored> = items.into_iter().filter(|s| s.resource_type != "Patient").collect();
             Ok(build_document(&state, &patient, &items))
         })
         .await?;
