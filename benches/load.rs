@@ -234,8 +234,23 @@ async fn run() {
     .run();
     tokio::spawn(ceiling);
 
+    let database_url = epaccs_store::DatabaseUrl::parse(&db_url).expect("database url");
+    // As the service: the default journal unless EPACCS_AUDIT_JOURNAL says "off" or names one.
+    let audit_journal = match std::env::var("EPACCS_AUDIT_JOURNAL").ok().as_deref() {
+        None => Settings::default_audit_journal(&database_url),
+        Some("off") => None,
+        Some(dir) => Some(std::path::PathBuf::from(dir)),
+    };
+    println!(
+        "audit journal: {}",
+        audit_journal.as_ref().map_or(
+            "off (records inserted by the group commit)".to_string(),
+            |d| d.display().to_string()
+        )
+    );
     let settings = Settings {
-        database_url: epaccs_store::DatabaseUrl::parse(&db_url).expect("database url"),
+        audit_journal,
+        database_url,
         listen: "127.0.0.1:0".parse().expect("addr"),
         base_url: None,
         workers: 2,

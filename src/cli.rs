@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// MiB of current resources kept in memory for reads (0 turns the cache off).
     #[arg(long, env = "EPACCS_READ_CACHE_MB", default_value = "256")]
     pub read_cache_mb: String,
+    /// Directory of the audit journal: reads' audit records are fsync'd there before the
+    /// response and copied into the audit tables behind it. "off" writes them straight to the
+    /// database. Default: beside a SQLite database file; off for PostgreSQL.
+    #[arg(long, env = "EPACCS_AUDIT_JOURNAL")]
+    pub audit_journal: Option<String>,
     /// JSON file with the sharing rules (default rules if unset).
     #[arg(long, env = "EPACCS_SHARING_RULES")]
     pub sharing_rules: Option<String>,
@@ -206,7 +211,14 @@ impl ServeArgs {
             base_delay: std::time::Duration::from_millis(retry_ms),
             ..Default::default()
         };
+        let audit_journal = match self.audit_journal.as_deref() {
+            None => Settings::default_audit_journal(&database_url),
+            Some("off") => None,
+            Some("") => bail!("EPACCS_AUDIT_JOURNAL must be a directory or \"off\""),
+            Some(dir) => Some(std::path::PathBuf::from(dir)),
+        };
         Ok(Settings {
+            audit_journal,
             database_url,
             listen,
             base_url,

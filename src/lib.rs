@@ -24,6 +24,8 @@ pub struct Settings {
     pub pool_size: u32,
     /// MiB of current resources kept in memory for reads (0 = off).
     pub read_cache_mb: u64,
+    /// Directory of the audit journal (None: reads' audit records go straight to the database).
+    pub audit_journal: Option<std::path::PathBuf>,
     pub rules: Rules,
     pub limits: Limits,
     pub notify: epaccs_notify::NotifyOptions,
@@ -42,6 +44,20 @@ impl Settings {
             bail!("EPACCS_BASE_URL {raw:?} must not have a query or fragment");
         }
         Ok(raw.trim_end_matches('/').to_string())
+    }
+
+    /// Where the audit journal lives unless configured: beside a SQLite database file (on the
+    /// same disk, so it is as durable as the database); none for PostgreSQL, whose service
+    /// instances may have no disk of their own that outlives them.
+    pub fn default_audit_journal(url: &DatabaseUrl) -> Option<std::path::PathBuf> {
+        match url {
+            DatabaseUrl::Sqlite(path) => {
+                let mut name = path.file_name()?.to_os_string();
+                name.push(".audit-journal");
+                Some(path.with_file_name(name))
+            }
+            DatabaseUrl::Postgres(_) => None,
+        }
     }
 
     pub fn load_rules(path: Option<&str>) -> anyhow::Result<Rules> {
@@ -88,6 +104,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let opts = StoreOptions {
         pool_size: settings.pool_size,
         cache_bytes: settings.read_cache_mb << 20,
+        audit_journal: settings.audit_journal.clone(),
         ..Default::default()
     };
     let store = tokio::task::spawn_blocking(move || Store::open(&url, params, opts))

@@ -110,8 +110,10 @@ pub struct TestApp {
 }
 
 fn settings(db_url: &str) -> Settings {
+    let database_url = DatabaseUrl::parse(db_url).expect("test url");
     Settings {
-        database_url: DatabaseUrl::parse(db_url).expect("test url"),
+        audit_journal: Settings::default_audit_journal(&database_url),
+        database_url,
         listen: "127.0.0.1:0".parse().expect("addr"),
         base_url: None,
         workers: 2,

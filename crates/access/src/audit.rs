@@ -41,8 +41,9 @@ pub struct Request<'a> {
     pub description: Option<String>,
 }
 
-/// A finished AuditEvent with the columns the audit table indexes.
-#[derive(Debug, Clone)]
+/// A finished AuditEvent with the columns the audit table indexes. Serializable: the store
+/// journals it before copying it into the audit table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub id: String,
     pub recorded: i64,

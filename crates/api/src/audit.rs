@@ -64,7 +64,7 @@ pub async fn search(
             caller.require("AuditEvent", Interaction::Search)?;
             let q = parse_query(&pairs)?;
             let gate = caller.gate.clone();
-            let (rows, next) = state.store.with_conn(move |c| epaccs_store::audit::search(c, &gate, &q)).await?;
+            let (rows, next) = state.store.search_audit(gate, q).await?;
             let base = &state.base_url;
             let entries: Vec<Value> = rows
                 .iter()
@@ -103,10 +103,7 @@ pub async fn read(
                 ..Default::default()
             };
             let gate = caller.gate.clone();
-            let (rows, _) = state
-                .store
-                .with_conn(move |c| epaccs_store::audit::search(c, &gate, &q))
-                .await?;
+            let (rows, _) = state.store.search_audit(gate, q).await?;
             rows.into_iter()
                 .next()
                 .ok_or_else(|| ApiError::NotFound(format!("AuditEvent/{id} not found")))

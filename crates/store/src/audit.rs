@@ -123,6 +123,39 @@ pub fn insert_many(conn: &mut DbConn, recs: &[AuditRecord]) -> Result<(), StoreE
     Ok(())
 }
 
+#[derive(QueryableByName)]
+struct Applied {
+    #[diesel(sql_type = BigInt)]
+    applied: i64,
+}
+
+/// How far the audit journal has been copied into the audit tables (see `journal`).
+pub fn journal_applied(conn: &mut DbConn) -> Result<u64, StoreError> {
+    let rows: Vec<Applied> = load(
+        conn,
+        &Sql::new("SELECT applied FROM audit_journal WHERE id = 1"),
+    )?;
+    Ok(rows.first().map_or(0, |r| r.applied.max(0) as u64))
+}
+
+/// Copies journaled records into the audit tables and records how far the copy has got, in the
+/// caller's transaction (so a record is never copied twice).
+pub fn copy_journaled(
+    conn: &mut DbConn,
+    recs: &[AuditRecord],
+    through: u64,
+) -> Result<(), StoreError> {
+    insert_many(conn, recs)?;
+    let through = i64::try_from(through)
+        .map_err(|_| StoreError::Internal("audit journal sequence overflow".into()))?;
+    let mut sql = Sql::new("UPDATE audit_journal SET applied = ");
+    sql.int(through)
+        .push(" WHERE id = 1 AND applied < ")
+        .int(through);
+    execute(conn, &sql)?;
+    Ok(())
+}
+
 /// A query over the audit trail.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
@@ -243,15 +276,7 @@ mod tests {
     use super::*;
     use crate::db::DatabaseUrl;
 
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-
-    fn count(conn: &mut DbConn, sql: &str) -> i64 {
-        load::<Count>(conn, &Sql::new(sql)).expect("count")[0].n
-    }
+    use crate::testdb::count;
 
     fn appends_whole(url: &DatabaseUrl) {
         url.migrate().expect("migrate");
@@ -297,20 +322,9 @@ mod tests {
         appends_whole(&DatabaseUrl::Sqlite(dir.path().join("a.db")));
     }
 
-    /// The multi-row path, on the local PostgreSQL (`EPACCS_TEST_POSTGRES`, as the API tests).
+    /// The multi-row path, on the local PostgreSQL.
     #[test]
     fn a_batch_of_any_size_is_appended_whole_on_postgres() {
-        use diesel::connection::SimpleConnection;
-        use diesel::Connection;
-        let admin = std::env::var("EPACCS_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string());
-        let name = format!("epaccs_unit_{}", uuid::Uuid::new_v4().simple());
-        let mut c = diesel::PgConnection::establish(&format!("{admin}/postgres"))
-            .expect("PostgreSQL must be running for the postgres tests");
-        c.batch_execute(&format!("CREATE DATABASE {name}"))
-            .expect("create database");
-        appends_whole(&DatabaseUrl::Postgres(format!("{admin}/{name}")));
-        c.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .expect("drop database");
+        crate::testdb::with_postgres(appends_whole);
     }
 }

@@ -6,11 +6,45 @@ pub mod clients;
 pub mod db;
 mod facts;
 mod instance;
+mod journal;
 mod lifecycle;
 pub mod outbox;
 pub mod resources;
 pub mod search;
 mod writer;
+
+/// A fresh database on the local PostgreSQL for unit tests (`EPACCS_TEST_POSTGRES`, as the API
+/// tests), dropped afterwards.
+#[cfg(test)]
+pub(crate) mod testdb {
+    use crate::DatabaseUrl;
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+
+    pub fn with_postgres(f: impl FnOnce(&DatabaseUrl)) {
+        let admin = std::env::var("EPACCS_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string());
+        let name = format!("epaccs_unit_{}", uuid::Uuid::new_v4().simple());
+        let mut c = diesel::PgConnection::establish(&format!("{admin}/postgres"))
+            .expect("PostgreSQL must be running for the postgres tests");
+        c.batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create database");
+        f(&DatabaseUrl::Postgres(format!("{admin}/{name}")));
+        c.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .expect("drop database");
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    /// The single number `sql` (a `SELECT COUNT(*) AS n ...`) returns.
+    pub fn count(conn: &mut crate::DbConn, sql: &str) -> i64 {
+        crate::db::load::<Count>(conn, &crate::db::Sql::new(sql)).expect("count")[0].n
+    }
+}
 
 use cache::Cached;
 pub use db::{DatabaseUrl, DbConn};
@@ -115,6 +149,10 @@ pub struct StoreOptions {
     pub connect_timeout: std::time::Duration,
     /// Bytes of current resources kept in memory for reads (0 = off).
     pub cache_bytes: u64,
+    /// Directory of the audit journal, where reads' audit records are made durable before
+    /// they are copied into the audit tables (see `journal`); None appends them to the
+    /// database directly.
+    pub audit_journal: Option<std::path::PathBuf>,
 }
 
 impl Default for StoreOptions {
@@ -123,6 +161,7 @@ impl Default for StoreOptions {
             pool_size: 16,
             connect_timeout: std::time::Duration::from_secs(5),
             cache_bytes: 256 << 20,
+            audit_journal: None,
         }
     }
 }
@@ -143,7 +182,11 @@ impl Store {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot open the connection pool: {e}"))
             })?;
-        let writer = writer::Writer::start(url.clone(), cache::ReadCache::new(opts.cache_bytes))?;
+        let writer = writer::Writer::start(
+            url.clone(),
+            cache::ReadCache::new(opts.cache_bytes),
+            opts.audit_journal.clone(),
+        )?;
         let backend = if url.is_sqlite() {
             "sqlite"
         } else {
@@ -327,6 +370,17 @@ impl Store {
         rec: epaccs_access::audit::AuditRecord,
     ) -> Result<(), StoreError> {
         self.writer.audit(rec).await
+    }
+
+    /// Searches the audit trail (privacy officers; the gate decides), after every audit record
+    /// acknowledged before this call has reached the audit tables.
+    pub async fn search_audit(
+        &self,
+        gate: Arc<epaccs_access::Gate>,
+        q: audit::AuditQuery,
+    ) -> Result<(Vec<String>, Option<audit::AuditPosition>), StoreError> {
+        self.writer.audit_settled().await?;
+        self.with_conn(move |c| audit::search(c, &gate, &q)).await
     }
 
     /// Runs `f` in the next group commit; resolves once it is durable. Anything that may change

@@ -5,12 +5,14 @@
 use crate::cache::ReadCache;
 use crate::db::{DatabaseUrl, DbConn};
 use crate::instance;
+use crate::journal::{self, Journal};
 use crate::StoreError;
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
 use epaccs_access::audit::AuditRecord;
+use std::path::PathBuf;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Work = Box<dyn FnOnce(&mut DbConn) -> Completion + Send>;
@@ -22,8 +24,12 @@ enum Job {
         changes_data: bool,
     },
     /// An audit record: all of a batch's are appended together, a few statements per batch
-    /// rather than two per record (one round trip each on PostgreSQL).
+    /// rather than two per record (one round trip each on PostgreSQL). Used when there is no
+    /// audit journal.
     Audit(Box<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
+    /// Records already durable in the audit journal, to copy into the audit tables. Nobody
+    /// waits for this: a copy that fails is kept and tried again with the next batch.
+    Copy(journal::Copy),
 }
 
 /// What a job may change (each runs in its own savepoint).
@@ -44,12 +50,18 @@ const WAIT: Duration = Duration::from_secs(30);
 pub struct Writer {
     tx: mpsc::Sender<Job>,
     cache: std::sync::Arc<ReadCache>,
+    /// Where reads' audit records are made durable, when configured (see `journal`).
+    journal: Option<Journal>,
     /// Signalled after a committed batch that enqueued notifications (wakes the worker).
     pub committed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Writer {
-    pub fn start(url: DatabaseUrl, cache: std::sync::Arc<ReadCache>) -> Result<Writer, StoreError> {
+    pub fn start(
+        url: DatabaseUrl,
+        cache: std::sync::Arc<ReadCache>,
+        journal_dir: Option<PathBuf>,
+    ) -> Result<Writer, StoreError> {
         // One writing instance per database (see `instance`): the lock is held by this thread
         // (the file) or its connection (the PostgreSQL session) for as long as it runs.
         let lock_file = match &url {
@@ -60,7 +72,25 @@ impl Writer {
             .connect(true)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         instance::claim_session(&mut conn, instance::CLAIM_WAIT)?;
+        // Whatever the journal holds beyond the copy is copied before anything else happens.
+        let next_seq = match &journal_dir {
+            Some(dir) => Some(recover_journal(&mut conn, dir)? + 1),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel::<Job>(8192);
+        let (applied_tx, applied_rx) = watch::channel(next_seq.unwrap_or(1) - 1);
+        let journal = match (&journal_dir, next_seq) {
+            (Some(dir), Some(next)) => {
+                let to_writer = tx.clone();
+                Some(Journal::start(
+                    dir,
+                    next,
+                    Box::new(move |copy| to_writer.blocking_send(Job::Copy(copy)).is_ok()),
+                    applied_rx,
+                )?)
+            }
+            _ => None,
+        };
         let committed = std::sync::Arc::new(tokio::sync::Notify::new());
         let signal = committed.clone();
         let checkpoints = if url.is_sqlite() {
@@ -74,13 +104,14 @@ impl Writer {
                 let cache = cache.clone();
                 move || {
                     let _held = lock_file;
-                    run(url, conn, rx, signal, cache, checkpoints)
+                    run(url, conn, rx, signal, cache, applied_tx, checkpoints)
                 }
             })
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Writer {
             tx,
             cache,
+            journal,
             committed,
         })
     }
@@ -89,17 +120,30 @@ impl Writer {
         &self.cache
     }
 
-    /// Appends an audit record in the next batch; resolves after the batch has committed
-    /// durably. The batch's records are inserted together, with no savepoint: if that fails on
-    /// PostgreSQL the whole batch fails and every caller in it is answered 503, so nothing is
-    /// lost or claimed durable that is not.
+    /// Makes an audit record durable: appended to the audit journal when there is one (copied
+    /// into the audit tables behind the request), otherwise in the next batch. Resolves once
+    /// it is on disk. Without a journal the batch's records are inserted together, with no
+    /// savepoint: if that fails on PostgreSQL the whole batch fails and every caller in it is
+    /// answered 503, so nothing is lost or claimed durable that is not.
     pub async fn audit(&self, rec: AuditRecord) -> Result<(), StoreError> {
+        if let Some(j) = &self.journal {
+            return j.append(rec).await;
+        }
         let (done_tx, done_rx) = oneshot::channel();
         self.tx
             .send(Job::Audit(Box::new(rec), done_tx))
             .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
         answer(done_rx).await
+    }
+
+    /// Waits until every audit record acknowledged so far is in the audit tables (at once
+    /// when there is no journal: then each is inserted before it is acknowledged).
+    pub async fn audit_settled(&self) -> Result<(), StoreError> {
+        match &self.journal {
+            Some(j) => j.settled(WAIT).await,
+            None => Ok(()),
+        }
     }
 
     /// Runs `f` in its own savepoint in the next batch; resolves after the batch has committed
@@ -147,17 +191,47 @@ fn run(
     mut rx: mpsc::Receiver<Job>,
     committed: std::sync::Arc<tokio::sync::Notify>,
     cache: std::sync::Arc<ReadCache>,
+    applied: watch::Sender<u64>,
     // Held only so the checkpointer stops when the writer does.
     _checkpoints: Option<std::sync::mpsc::Sender<()>>,
 ) {
     let mut conn = Some(conn);
-    while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+    // Journaled audit records not yet copied, and the sequence number they reach.
+    let mut copies: Vec<AuditRecord> = Vec::new();
+    let mut through = *applied.borrow();
+    loop {
+        let first = if copies.is_empty() {
+            match rx.blocking_recv() {
+                Some(job) => Some(job),
+                None => break,
             }
+        } else {
+            // A copy is waiting to be tried again: don't wait for new work to do it.
+            match rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    None
+                }
+                // What was not copied is still in the journal: copied at the next start.
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        };
+        let mut jobs = Vec::with_capacity(64);
+        let mut next = first;
+        while let Some(job) = next {
+            match job {
+                Job::Copy(c) => {
+                    copies.extend(c.records);
+                    through = through.max(c.through);
+                }
+                other => jobs.push(other),
+            }
+            next = if jobs.len() < MAX_BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
         }
         if conn.is_none() {
             // A new PostgreSQL session must take the instance lock again; if another instance
@@ -182,6 +256,8 @@ fn run(
         let mut records: Vec<AuditRecord> = Vec::new();
         let mut audited: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
         let mut changes_data = false;
+        let mut copied = false;
+        let alone = jobs.is_empty();
         let result = c.transaction::<(), diesel::result::Error, _>(|c| {
             for job in jobs {
                 match job {
@@ -196,7 +272,27 @@ fn run(
                         records.push(*rec);
                         audited.push(done);
                     }
+                    // Taken out of the batch above.
+                    Job::Copy(_) => {}
                 }
+            }
+            if !copies.is_empty() {
+                // In its own savepoint when it shares the batch: a copy that fails is kept for
+                // the next batch and takes nobody else's write with it. Alone it needs none
+                // (a savepoint journals every page it changes).
+                let r = if alone {
+                    crate::audit::copy_journaled(c, &copies, through)
+                } else {
+                    c.transaction(|c| crate::audit::copy_journaled(c, &copies, through))
+                };
+                copied = match r
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, records = copies.len(), "audit journal copy failed; will retry");
+                        false
+                    }
+                };
             }
             if !records.is_empty() {
                 let appended = crate::audit::insert_many(c, &records);
@@ -220,6 +316,10 @@ fn run(
         if outcome.is_err() && c.batch_execute("SELECT 1").is_err() {
             conn = None;
         }
+        if copied && outcome.is_ok() {
+            copies.clear();
+            applied.send_replace(through);
+        }
         if crate::outbox::ENQUEUED.with(|e| e.replace(false)) && outcome.is_ok() {
             committed.notify_one();
         }
@@ -227,6 +327,45 @@ fn run(
             done(outcome.clone());
         }
     }
+}
+
+/// Copies whatever the audit journal in `dir` holds beyond `audit_journal.applied` into the
+/// audit tables, then removes its segments. Returns the last sequence number ever used, which
+/// the database now records too, so numbering continues even if the directory is lost.
+fn recover_journal(conn: &mut DbConn, dir: &std::path::Path) -> Result<u64, StoreError> {
+    let found = journal::recover(dir).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot read the audit journal {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let applied = crate::audit::journal_applied(conn)?;
+    let todo: Vec<&(u64, AuditRecord)> = found
+        .records
+        .iter()
+        .filter(|(seq, _)| *seq > applied)
+        .collect();
+    for chunk in todo.chunks(1000) {
+        let through = chunk.last().map_or(applied, |(seq, _)| *seq);
+        let recs: Vec<AuditRecord> = chunk.iter().map(|(_, r)| r.clone()).collect();
+        conn.transaction(|c| crate::audit::copy_journaled(c, &recs, through))?;
+    }
+    let last = found.last_seq.max(applied);
+    conn.transaction(|c| crate::audit::copy_journaled(c, &[], last))?;
+    journal::remove_segments(dir, &found.segments).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot tidy the audit journal {}: {e}",
+            dir.display()
+        ))
+    })?;
+    if !todo.is_empty() || found.damaged > 0 {
+        tracing::warn!(
+            copied = todo.len(),
+            damaged = found.damaged,
+            "audit journal records copied into the audit trail at start-up"
+        );
+    }
+    Ok(last)
 }
 
 /// SQLite only: WAL checkpoints run on their own thread and connection, not inside a commit.
