@@ -446,6 +446,58 @@ async fn run() {
     .await
     .print(Some(top));
 
+    // The same read while four GP systems write continuously: each write batch empties the read
+    // cache, and without the audit journal a read's audit record waits in the same group commit
+    // as the writes.
+    if wanted("mixed") {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (c, b, t, ids3) = (http.clone(), base.clone(), gp.clone(), ids.clone());
+                tokio::spawn(async move {
+                    let mut n = 0usize;
+                    while Instant::now() < deadline {
+                        let body = json!({"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "901671000000100"}]},
+                            "subject": {"reference": format!("Patient/{}", ids3[(w * 7919 + n) % ids3.len()])}, "valueInteger": 40, "effectiveDateTime": "2026-11-01T10:00:00Z"}).to_string();
+                        let ok = c.post(format!("{b}/Observation")).bearer_auth(&t).header("content-type", "application/fhir+json").body(body).send().await
+                            .is_ok_and(|r| r.status().as_u16() == 201);
+                        n += usize::from(ok);
+                    }
+                    n
+                })
+            })
+            .collect();
+        let (c, b, t, ids2) = (http.clone(), base.clone(), crew.clone(), ids.clone());
+        drive(
+            "read Patient/{id} (crew, audited) while 4 GPs write (mixed)",
+            secs,
+            move |i| {
+                let (c, u, t) = (
+                    c.clone(),
+                    format!("{b}/Patient/{}", ids2[i % ids2.len()]),
+                    t.clone(),
+                );
+                async move {
+                    c.get(&u)
+                        .bearer_auth(&t)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403)
+                }
+            },
+        )
+        .await
+        .print(Some(top));
+        let mut written = 0;
+        for w in writers {
+            written += w.await.expect("writer task");
+        }
+        println!(
+            "  (meanwhile {:.0} creates/s)",
+            written as f64 / secs as f64
+        );
+    }
+
     let (c, b, t, ids2) = (http.clone(), unaudited_url, crew.clone(), ids.clone());
     drive(
         "read Patient/{id} without audit (bench-only server)",

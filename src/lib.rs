@@ -73,6 +73,26 @@ impl Settings {
     }
 }
 
+/// With the journal off, records a crash left in the default journal would not be copied: say so.
+fn warn_of_uncopied_journal(url: &DatabaseUrl) {
+    let Some(dir) = Settings::default_audit_journal(url) else {
+        return;
+    };
+    let left = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.path().extension().is_some_and(|x| x == "log"))
+        })
+        .unwrap_or(false);
+    if left {
+        tracing::warn!(
+            journal = %dir.display(),
+            "the audit journal is off but its directory holds segments that may not have been \
+             copied into the audit trail; start once with the journal on to copy them"
+        );
+    }
+}
+
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
@@ -101,6 +121,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         epaccs_fhir::profile::Profiles::shipped().context("the shipped profiles are invalid")?,
     );
     let url = settings.database_url.clone();
+    if settings.audit_journal.is_none() {
+        warn_of_uncopied_journal(&url);
+    }
     let opts = StoreOptions {
         pool_size: settings.pool_size,
         cache_bytes: settings.read_cache_mb << 20,

@@ -7,6 +7,7 @@ use diesel::QueryableByName;
 use epaccs_access::audit::AuditRecord;
 use epaccs_access::{Decision, Gate};
 use epaccs_fhir::query::DateValue;
+use std::borrow::Borrow;
 
 /// Inserts one record (inside the caller's transaction: a write and its audit commit together).
 pub fn insert(conn: &mut DbConn, rec: &AuditRecord) -> Result<(), StoreError> {
@@ -64,13 +65,16 @@ fn chunked<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
 /// Appends a batch's audit records. On PostgreSQL, where each statement is a round trip, with a
 /// few multi-row INSERTs; on SQLite (in-process) one prepared statement per row is cheaper than
 /// a multi-row VALUES list, so record by record.
-pub fn insert_many(conn: &mut DbConn, recs: &[AuditRecord]) -> Result<(), StoreError> {
+pub fn insert_many<R: Borrow<AuditRecord>>(
+    conn: &mut DbConn,
+    recs: &[R],
+) -> Result<(), StoreError> {
     if matches!(conn, DbConn::Sqlite(_)) {
-        return recs.iter().try_for_each(|r| insert(conn, r));
+        return recs.iter().try_for_each(|r| insert(conn, r.borrow()));
     }
     for chunk in chunked(recs) {
         let mut sql = Sql::new("INSERT INTO audit_event (id, recorded, client_id, user_id, org, role, purpose, outcome, break_glass, content) VALUES ");
-        for (i, rec) in chunk.iter().enumerate() {
+        for (i, rec) in chunk.iter().map(Borrow::borrow).enumerate() {
             sql.push(if i == 0 { "(" } else { ", (" });
             sql.text(rec.id.clone())
                 .push(", ")
@@ -97,7 +101,8 @@ pub fn insert_many(conn: &mut DbConn, recs: &[AuditRecord]) -> Result<(), StoreE
     }
     let links: Vec<(&str, &str, i64)> = recs
         .iter()
-        .flat_map(|r| {
+        .map(Borrow::borrow)
+        .flat_map(|r: &AuditRecord| {
             r.patients
                 .iter()
                 .map(|p| (r.id.as_str(), p.as_str(), r.recorded))
@@ -117,7 +122,7 @@ pub fn insert_many(conn: &mut DbConn, recs: &[AuditRecord]) -> Result<(), StoreE
         }
         execute(conn, &sql)?;
     }
-    for rec in recs.iter().filter(|r| r.break_glass) {
+    for rec in recs.iter().map(Borrow::borrow).filter(|r| r.break_glass) {
         crate::outbox::enqueue_alert(conn, &rec.id)?;
     }
     Ok(())
@@ -140,9 +145,9 @@ pub fn journal_applied(conn: &mut DbConn) -> Result<u64, StoreError> {
 
 /// Copies journaled records into the audit tables and records how far the copy has got, in the
 /// caller's transaction (so a record is never copied twice).
-pub fn copy_journaled(
+pub fn copy_journaled<R: Borrow<AuditRecord>>(
     conn: &mut DbConn,
-    recs: &[AuditRecord],
+    recs: &[R],
     through: u64,
 ) -> Result<(), StoreError> {
     insert_many(conn, recs)?;

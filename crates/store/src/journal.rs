@@ -40,9 +40,9 @@ pub const SEGMENT_BYTES: u64 = 64 << 10;
 const MAX_BATCH: usize = 2048;
 /// Records are handed to the writer in batches of about this many (each commit of the audit
 /// tables costs a fixed amount on top of its records: measured on SQLite, a batch of 30 costs
-/// about 60 us per record, a batch of 300 about 40), or after `COPY_DELAY`, or when the
-/// journal falls idle.
-const COPY_RECORDS: usize = 256;
+/// about 60 us per record, a batch of 300 about 40), or after `COPY_DELAY`, or as soon as the
+/// journal has nothing more to append (so nothing is held while it is idle).
+const COPY_RECORDS: usize = 64;
 const COPY_DELAY: std::time::Duration = std::time::Duration::from_millis(25);
 
 #[derive(Serialize)]

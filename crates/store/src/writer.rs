@@ -43,6 +43,8 @@ pub enum Kind {
 
 /// The most jobs committed together.
 const MAX_BATCH: usize = 512;
+/// The most journaled audit records copied in one batch.
+const COPY_PER_BATCH: usize = 128;
 /// How long a request waits for its batch before answering 503.
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -196,21 +198,24 @@ fn run(
     _checkpoints: Option<std::sync::mpsc::Sender<()>>,
 ) {
     let mut conn = Some(conn);
-    // Journaled audit records not yet copied, and the sequence number they reach.
-    let mut copies: Vec<AuditRecord> = Vec::new();
-    let mut through = *applied.borrow();
+    // Journaled audit records not yet copied, oldest first.
+    let mut pending: std::collections::VecDeque<journal::Copy> = Default::default();
+    // The last copy failed: try again soon even if no new work arrives.
+    let mut retry = false;
     loop {
-        let first = if copies.is_empty() {
+        let first = if pending.is_empty() {
             match rx.blocking_recv() {
                 Some(job) => Some(job),
                 None => break,
             }
         } else {
-            // A copy is waiting to be tried again: don't wait for new work to do it.
+            // A copy is waiting: don't wait for new work to do it.
             match rx.try_recv() {
                 Ok(job) => Some(job),
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    std::thread::sleep(Duration::from_millis(50));
+                    if retry {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                     None
                 }
                 // What was not copied is still in the journal: copied at the next start.
@@ -221,10 +226,7 @@ fn run(
         let mut next = first;
         while let Some(job) = next {
             match job {
-                Job::Copy(c) => {
-                    copies.extend(c.records);
-                    through = through.max(c.through);
-                }
+                Job::Copy(c) => pending.push_back(c),
                 other => jobs.push(other),
             }
             next = if jobs.len() < MAX_BATCH {
@@ -258,6 +260,17 @@ fn run(
         let mut changes_data = false;
         let mut copied = false;
         let alone = jobs.is_empty();
+        // At most `COPY_PER_BATCH` records per batch, so a backlog of copies never holds a
+        // clinical write behind it for long.
+        let mut taken: Vec<journal::Copy> = Vec::new();
+        let mut n_taken = 0;
+        while n_taken < COPY_PER_BATCH {
+            let Some(c) = pending.pop_front() else { break };
+            n_taken += c.records.len();
+            taken.push(c);
+        }
+        let through = taken.last().map(|c| c.through);
+        let copies: Vec<&AuditRecord> = taken.iter().flat_map(|c| c.records.iter()).collect();
         let result = c.transaction::<(), diesel::result::Error, _>(|c| {
             for job in jobs {
                 match job {
@@ -276,7 +289,7 @@ fn run(
                     Job::Copy(_) => {}
                 }
             }
-            if !copies.is_empty() {
+            if let Some(through) = through {
                 // In its own savepoint when it shares the batch: a copy that fails is kept for
                 // the next batch and takes nobody else's write with it. Alone it needs none
                 // (a savepoint journals every page it changes).
@@ -316,9 +329,15 @@ fn run(
         if outcome.is_err() && c.batch_execute("SELECT 1").is_err() {
             conn = None;
         }
-        if copied && outcome.is_ok() {
-            copies.clear();
+        if let (true, Ok(()), Some(through)) = (copied, &outcome, through) {
             applied.send_replace(through);
+            retry = false;
+        } else if !taken.is_empty() {
+            // Not copied: first in line again.
+            for c in taken.into_iter().rev() {
+                pending.push_front(c);
+            }
+            retry = true;
         }
         if crate::outbox::ENQUEUED.with(|e| e.replace(false)) && outcome.is_ok() {
             committed.notify_one();
@@ -351,7 +370,7 @@ fn recover_journal(conn: &mut DbConn, dir: &std::path::Path) -> Result<u64, Stor
         conn.transaction(|c| crate::audit::copy_journaled(c, &recs, through))?;
     }
     let last = found.last_seq.max(applied);
-    conn.transaction(|c| crate::audit::copy_journaled(c, &[], last))?;
+    conn.transaction(|c| crate::audit::copy_journaled::<AuditRecord>(c, &[], last))?;
     journal::remove_segments(dir, &found.segments).map_err(|e| {
         StoreError::Unavailable(format!(
             "cannot tidy the audit journal {}: {e}",
