@@ -416,8 +416,11 @@ struct WalState {
     log: i32,
 }
 
-/// 64 MiB of 2 KiB pages.
+/// 64 MiB of 2 KiB pages (1 MiB in unit tests).
+#[cfg(not(test))]
 const WAL_RESTART_FRAMES: i32 = 32_768;
+#[cfg(test)]
+const WAL_RESTART_FRAMES: i32 = 512;
 const RESTART_WAIT: &str = "PRAGMA busy_timeout = 5";
 
 fn start_checkpointer(url: &DatabaseUrl) -> Result<Checkpoints, StoreError> {
@@ -468,3 +471,58 @@ fn restart_wal(conn: &mut DbConn) {
 
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With a reader always busy, the WAL is still started again: it stays near the threshold
+    /// instead of growing with every write.
+    #[test]
+    fn the_wal_stays_bounded_under_steady_reads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("wal.db");
+        let url = DatabaseUrl::Sqlite(db.clone());
+        url.migrate().expect("migrate");
+        let w = Writer::start(url.clone(), crate::cache::ReadCache::new(0), None).expect("writer");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (url, stop) = (url.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = url.connect(false).expect("reader");
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    crate::testdb::count(&mut c, "SELECT COUNT(*) AS n FROM audit_event");
+                }
+            })
+        };
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let mut largest = 0;
+        rt.block_on(async {
+            for i in 0..4_000u64 {
+                let rec = AuditRecord {
+                    id: format!("wal-{i:05}"),
+                    recorded: i as i64,
+                    client_id: "c".into(),
+                    user_id: None,
+                    org: "RX801".into(),
+                    role: "ambulance".into(),
+                    purpose: "TREAT".into(),
+                    outcome: "0".into(),
+                    break_glass: false,
+                    patients: vec![format!("p{}", i % 97)],
+                    content: "x".repeat(600),
+                };
+                w.audit(rec).await.expect("append");
+                let wal = std::fs::metadata(dir.path().join("wal.db-wal")).map_or(0, |m| m.len());
+                largest = largest.max(wal);
+            }
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().expect("reader");
+        // 4,000 one-record commits write well over 20 MiB of WAL frames.
+        assert!(
+            largest < 8 << 20,
+            "the WAL reached {largest} bytes; it should start again near 1 MiB"
+        );
+    }
+}
