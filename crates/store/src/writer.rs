@@ -401,7 +401,7 @@ fn recover_journal(conn: &mut DbConn, dir: &std::path::Path) -> Result<u64, Stor
 /// without bound (measured: ~45 MB a second, 300 MB in 8 s), making every read's WAL look-up and
 /// every checkpoint dearer. So once the WAL passes `WAL_RESTART_FRAMES` the checkpointer asks the
 /// writer, between batches, for a RESTART checkpoint on its own connection: the PASSIVE ones have
-/// already copied nearly everything, no write can be in progress, and new readers read the latest
+/// already copied nearly everything (`RESTART_BEHIND_FRAMES`), no write can be in progress, and new readers read the latest
 /// snapshot, so it only waits (at most `RESTART_WAIT`) for the reads in flight to end; if they do
 /// not, it is asked again at the next tick.
 pub(crate) struct Checkpoints {
@@ -414,7 +414,14 @@ pub(crate) struct Checkpoints {
 struct WalState {
     #[diesel(sql_type = diesel::sql_types::Integer)]
     log: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    checkpointed: i32,
 }
+
+/// A RESTART is asked for only when the PASSIVE checkpoints have copied all but this many
+/// frames, so the writer pauses for a reset, not for a copy (measured: asking regardless put
+/// 270 ms on the p99 of creates).
+const RESTART_BEHIND_FRAMES: i32 = 256;
 
 /// 64 MiB of 2 KiB pages (1 MiB in unit tests).
 #[cfg(not(test))]
@@ -438,7 +445,10 @@ fn start_checkpointer(url: &DatabaseUrl) -> Result<Checkpoints, StoreError> {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     match crate::db::load::<WalState>(&mut conn, &passive) {
                         Ok(rows) => {
-                            if rows.first().is_some_and(|r| r.log >= WAL_RESTART_FRAMES) {
+                            if rows.first().is_some_and(|r| {
+                                r.log >= WAL_RESTART_FRAMES
+                                    && r.log - r.checkpointed <= RESTART_BEHIND_FRAMES
+                            }) {
                                 wanted.store(true, std::sync::atomic::Ordering::Relaxed);
                             }
                         }
