@@ -291,20 +291,22 @@ fn run(
             if let Some(through) = through {
                 // In its own savepoint when it shares the batch: a copy that fails is kept for
                 // the next batch and takes nobody else's write with it. Alone it needs none
-                // (a savepoint journals every page it changes).
+                // (a savepoint journals every page it changes): the whole batch is rolled back.
                 let r = if alone {
                     crate::audit::copy_journaled(c, &copies, through)
                 } else {
                     c.transaction(|c| crate::audit::copy_journaled(c, &copies, through))
                 };
-                copied = match r
-                {
-                    Ok(()) => true,
+                match r {
+                    Ok(()) => copied = true,
                     Err(e) => {
                         tracing::error!(error = %e, records = copies.len(), "audit journal copy failed; will retry");
-                        false
+                        // Never commit part of a copy: it would be copied again.
+                        if alone {
+                            return Err(diesel::result::Error::RollbackTransaction);
+                        }
                     }
-                };
+                }
             }
             if !records.is_empty() {
                 let appended = crate::audit::insert_many(c, &records);
@@ -370,7 +372,7 @@ fn recover_journal(conn: &mut DbConn, dir: &std::path::Path) -> Result<u64, Stor
         .collect();
     for chunk in todo.chunks(1000) {
         let through = chunk.last().map_or(applied, |(seq, _)| *seq);
-        let recs: Vec<AuditRecord> = chunk.iter().map(|(_, r)| r.clone()).collect();
+        let recs: Vec<&AuditRecord> = chunk.iter().map(|(_, r)| r).collect();
         conn.transaction(|c| crate::audit::copy_journaled(c, &recs, through))?;
     }
     let last = found.last_seq.max(applied);
