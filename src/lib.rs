@@ -78,13 +78,7 @@ fn warn_of_uncopied_journal(url: &DatabaseUrl) {
     let Some(dir) = Settings::default_audit_journal(url) else {
         return;
     };
-    let left = std::fs::read_dir(&dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .any(|e| e.path().extension().is_some_and(|x| x == "log"))
-        })
-        .unwrap_or(false);
-    if left {
+    if epaccs_store::audit_journal_has_segments(&dir) {
         tracing::warn!(
             journal = %dir.display(),
             "the audit journal is off but its directory holds segments that may not have been \

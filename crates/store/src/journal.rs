@@ -4,8 +4,8 @@
 //! path costs a B-tree insert per index per record, in small batches, on the one writer thread
 //! that also carries every clinical write. Instead, the journal thread appends the records of
 //! all waiting requests to a log file with one `write` and one `fdatasync`, and answers them;
-//! only then are the records handed to the writer, which copies them into the audit tables in
-//! large batches (`Job::Index`), together with the sequence number it has copied up to
+//! only then are the records handed to the writer, which copies them into the audit tables
+//! behind the responses (`Job::Copy`), together with the sequence number it has copied up to
 //! (`audit_journal.applied`). The copy and that number commit in one transaction, so a record
 //! is copied exactly once, and after a crash start-up copies whatever the log holds beyond it
 //! before the service takes a request.
@@ -70,6 +70,11 @@ pub struct Recovered {
     pub segments: Vec<PathBuf>,
 }
 
+/// A segment is named by its first sequence number, zero-padded so name order is sequence order.
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}.log"))
+}
+
 fn segment_paths(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = match fs::read_dir(dir) {
         Ok(entries) => entries
@@ -79,9 +84,14 @@ fn segment_paths(dir: &Path) -> io::Result<Vec<PathBuf>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
     };
-    // Names are zero-padded first sequence numbers: name order is sequence order.
+    // See `segment_path`.
     paths.sort();
     Ok(paths)
+}
+
+/// Whether `dir` holds any segment; false if it cannot be read.
+pub fn has_segments(dir: &Path) -> bool {
+    segment_paths(dir).is_ok_and(|p| !p.is_empty())
 }
 
 /// Reads every segment in `dir` (which need not exist).
@@ -134,7 +144,7 @@ impl Segment {
     /// written to it. Appends then overwrite allocated blocks without changing the file's size,
     /// so each `fdatasync` flushes data only, not the file system's journal.
     fn create(dir: &Path, first_seq: u64) -> io::Result<Segment> {
-        let path = dir.join(format!("{first_seq:020}.log"));
+        let path = segment_path(dir, first_seq);
         let file = zero_filled(&path)?;
         sync_dir(dir)?;
         Ok(Segment { path, file, len: 0 })
@@ -142,7 +152,7 @@ impl Segment {
 
     /// A new segment made from a spare prepared by `Spares` (a rename, not a fill).
     fn from_spare(dir: &Path, spare: &Path, first_seq: u64) -> io::Result<Segment> {
-        let path = dir.join(format!("{first_seq:020}.log"));
+        let path = segment_path(dir, first_seq);
         fs::rename(spare, &path)?;
         sync_dir(dir)?;
         let file = OpenOptions::new().write(true).open(&path)?;
@@ -501,12 +511,12 @@ mod tests {
     fn recovery_skips_a_torn_last_line_and_reports_damage_elsewhere() {
         let dir = tempfile::tempdir().expect("temp dir");
         let first = format!("{}{{\"seq\":2,\"rec\n{}", line(1), line(3));
-        fs::write(dir.path().join(format!("{:020}.log", 1)), first).expect("write");
+        fs::write(segment_path(dir.path(), 1), first).expect("write");
         let torn = line(5);
         // As a crash leaves a zero-filled segment: a record, half of the next, then zeros.
         let mut second = format!("{}{}", line(4), &torn[..torn.len() / 2]).into_bytes();
         second.resize(second.len() + 4096, 0);
-        fs::write(dir.path().join(format!("{:020}.log", 4)), second).expect("write");
+        fs::write(segment_path(dir.path(), 4), second).expect("write");
         let found = recover(dir.path()).expect("recover");
         let seqs: Vec<u64> = found.records.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, vec![1, 3, 4]);
@@ -553,7 +563,7 @@ mod tests {
 
         // What a crash leaves: records 6..=8 acknowledged but never copied.
         let tail: String = (6..=8).map(line).collect();
-        fs::write(journal.join(format!("{:020}.log", 6)), tail).expect("write");
+        fs::write(segment_path(&journal, 6), tail).expect("write");
         let w = Writer::start(
             url.clone(),
             crate::cache::ReadCache::new(0),

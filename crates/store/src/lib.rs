@@ -133,6 +133,12 @@ pub fn savepoint<T>(
     conn.transaction(f)
 }
 
+/// Whether an audit journal directory holds segments (records that may not have been copied
+/// into the audit tables); false if it cannot be read.
+pub fn audit_journal_has_segments(dir: &std::path::Path) -> bool {
+    journal::has_segments(dir)
+}
+
 /// The store: a read pool, the group-commit writer and the search parameter definitions.
 #[derive(Clone)]
 pub struct Store {
