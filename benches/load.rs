@@ -48,6 +48,33 @@ fn cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// One GET as `token`: true for 200, or for 403 (a refusal by the sharing rules is a correct
+/// answer: every tenth synthetic person has withdrawn consent).
+async fn get_answered(c: reqwest::Client, url: String, token: String) -> bool {
+    c.get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403)
+}
+
+/// Creates an AKPS (Australia-modified Karnofsky performance status) Observation for `patient`
+/// as `token`: true for 201.
+async fn create_observation(c: &reqwest::Client, base: &str, token: &str, patient: &str) -> bool {
+    let body = json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": epaccs_core::codes::AKPS}]},
+        "subject": {"reference": format!("Patient/{patient}")}, "valueInteger": 40,
+        "effectiveDateTime": "2026-11-01T10:00:00Z"})
+    .to_string();
+    c.post(format!("{base}/Observation"))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(body)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().as_u16() == 201)
+}
+
 struct Stats {
     name: String,
     /// CPU microseconds per request, server and load generator together.
@@ -437,18 +464,11 @@ async fn run() {
     // Every tenth person has withdrawn consent, so about 10% of reads are refusals (403).
     let (c, b, t, ids2) = (http.clone(), base.clone(), crew.clone(), ids.clone());
     drive("read Patient/{id} (crew, audited)", secs, move |i| {
-        let (c, u, t) = (
+        get_answered(
             c.clone(),
             format!("{b}/Patient/{}", ids2[i % ids2.len()]),
             t.clone(),
-        );
-        async move {
-            c.get(&u)
-                .bearer_auth(&t)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403)
-        }
+        )
     })
     .await
     .print(Some(top));
@@ -464,11 +484,8 @@ async fn run() {
                 tokio::spawn(async move {
                     let mut n = 0usize;
                     while Instant::now() < deadline {
-                        let body = json!({"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "901671000000100"}]},
-                            "subject": {"reference": format!("Patient/{}", ids3[(w * 7919 + n) % ids3.len()])}, "valueInteger": 40, "effectiveDateTime": "2026-11-01T10:00:00Z"}).to_string();
-                        let ok = c.post(format!("{b}/Observation")).bearer_auth(&t).header("content-type", "application/fhir+json").body(body).send().await
-                            .is_ok_and(|r| r.status().as_u16() == 201);
-                        n += usize::from(ok);
+                        let patient = &ids3[(w * 7919 + n) % ids3.len()];
+                        n += usize::from(create_observation(&c, &b, &t, patient).await);
                     }
                     n
                 })
@@ -479,18 +496,11 @@ async fn run() {
             "read Patient/{id} (crew, audited) while 4 GPs write (mixed)",
             secs,
             move |i| {
-                let (c, u, t) = (
+                get_answered(
                     c.clone(),
                     format!("{b}/Patient/{}", ids2[i % ids2.len()]),
                     t.clone(),
-                );
-                async move {
-                    c.get(&u)
-                        .bearer_auth(&t)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403)
-                }
+                )
             },
         )
         .await
@@ -510,18 +520,11 @@ async fn run() {
         "read Patient/{id} without audit (bench-only server)",
         secs,
         move |i| {
-            let (c, u, t) = (
+            get_answered(
                 c.clone(),
                 format!("{b}/Patient/{}", ids2[i % ids2.len()]),
                 t.clone(),
-            );
-            async move {
-                c.get(&u)
-                    .bearer_auth(&t)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403)
-            }
+            )
         },
     )
     .await
@@ -551,14 +554,7 @@ async fn run() {
             "{b}/Patient/$emergency-summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
             n[(i * 104_729) % n.len()]
         );
-        let (c, t) = (c.clone(), t.clone());
-        async move {
-            c.get(&u)
-                .bearer_auth(&t)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403)
-        }
+        get_answered(c.clone(), u, t.clone())
     })
     .await
     .print(Some(top));
@@ -570,14 +566,7 @@ async fn run() {
             "{b}/Patient/$emergency-summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
             n[(i * 7_919 + 13) % n.len()]
         );
-        let (c, t) = (c.clone(), t.clone());
-        async move {
-            c.get(&u)
-                .bearer_auth(&t)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403)
-        }
+        get_answered(c.clone(), u, t.clone())
     })
     .await
     .print(Some(top));
@@ -589,14 +578,7 @@ async fn run() {
             "{b}/Patient/$emergency-summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
             n[(i * 7_907 + 29) % n.len()]
         );
-        let (c, t) = (c.clone(), t.clone());
-        async move {
-            c.get(&u)
-                .bearer_auth(&t)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().as_u16() == 200 || r.status().as_u16() == 403)
-        }
+        get_answered(c.clone(), u, t.clone())
     })
     .await
     .print(Some(top));
@@ -618,10 +600,13 @@ async fn run() {
 
     let (c, b, t, ids3) = (http.clone(), base.clone(), gp.clone(), ids.clone());
     drive("create Observation (GP, fsync'd)", secs, move |i| {
-        let body = json!({"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "901671000000100"}]},
-            "subject": {"reference": format!("Patient/{}", ids3[i % ids3.len()])}, "valueInteger": 40, "effectiveDateTime": "2026-11-01T10:00:00Z"}).to_string();
-        let (c, u, t) = (c.clone(), format!("{b}/Observation"), t.clone());
-        async move { c.post(&u).bearer_auth(&t).header("content-type", "application/fhir+json").body(body).send().await.is_ok_and(|r| r.status().as_u16() == 201) }
+        let (c, b, t, patient) = (
+            c.clone(),
+            b.clone(),
+            t.clone(),
+            ids3[i % ids3.len()].clone(),
+        );
+        async move { create_observation(&c, &b, &t, &patient).await }
     })
     .await
     .print(Some(top));
