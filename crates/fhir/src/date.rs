@@ -132,10 +132,10 @@ pub fn format_instant(micros: i64) -> String {
 
 /// Formats microseconds as an HTTP date (for `Last-Modified`).
 pub fn format_http_date(micros: i64) -> String {
-    Utc.timestamp_micros(micros)
-        .single()
-        .map(|d| d.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
-        .unwrap_or_default()
+    let Ok(secs) = u64::try_from(micros.div_euclid(1_000_000)) else {
+        return String::new();
+    };
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 /// Now, in microseconds since the epoch.
@@ -156,6 +156,15 @@ pub fn months_between(a: NaiveDate, b: NaiveDate) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_are_imf_fixdate_in_whole_seconds() {
+        assert_eq!(
+            format_http_date(1_795_380_887_123_456),
+            "Sun, 22 Nov 2026 20:54:47 GMT"
+        );
+        assert_eq!(format_http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+    }
 
     #[test]
     fn ranges() {
