@@ -11,6 +11,11 @@ use std::borrow::Borrow;
 
 /// Inserts one record (inside the caller's transaction: a write and its audit commit together).
 pub fn insert(conn: &mut DbConn, rec: &AuditRecord) -> Result<(), StoreError> {
+    insert_many(conn, std::slice::from_ref(rec))
+}
+
+/// One `audit_event` row, by itself (SQLite: a prepared statement per row).
+fn insert_event(conn: &mut DbConn, rec: &AuditRecord) -> Result<(), StoreError> {
     let mut sql = Sql::new("INSERT INTO audit_event (id, recorded, client_id, user_id, org, role, purpose, outcome, break_glass, content) VALUES (");
     sql.text(rec.id.clone())
         .push(", ")
@@ -31,21 +36,23 @@ pub fn insert(conn: &mut DbConn, rec: &AuditRecord) -> Result<(), StoreError> {
         .bind(Bind::Bool(rec.break_glass));
     sql.push(", ").text(rec.content.clone()).push(")");
     execute(conn, &sql)?;
-    if rec.break_glass {
-        crate::outbox::enqueue_alert(conn, &rec.id)?;
-    }
-    for p in &rec.patients {
-        let mut sql =
-            Sql::new("INSERT INTO audit_patient (audit_id, patient_key, recorded) VALUES (");
-        sql.text(rec.id.clone())
-            .push(", ")
-            .text(p.clone())
-            .push(", ")
-            .int(rec.recorded)
-            .push(")");
-        execute(conn, &sql)?;
-    }
     Ok(())
+}
+
+/// The (patient, recorded, audit id) links of `recs`, in the order of the per-patient index:
+/// inserted in key order, neighbouring links land on pages the previous insert just touched.
+fn patient_links<R: Borrow<AuditRecord>>(recs: &[R]) -> Vec<(&str, i64, &str)> {
+    let mut links: Vec<(&str, i64, &str)> = recs
+        .iter()
+        .map(Borrow::borrow)
+        .flat_map(|r: &AuditRecord| {
+            r.patients
+                .iter()
+                .map(|p| (p.as_str(), r.recorded, r.id.as_str()))
+        })
+        .collect();
+    links.sort_unstable();
+    links
 }
 
 /// Row counts of the multi-row inserts `insert_many` uses: a few statement shapes, each
@@ -70,7 +77,21 @@ pub fn insert_many<R: Borrow<AuditRecord>>(
     recs: &[R],
 ) -> Result<(), StoreError> {
     if matches!(conn, DbConn::Sqlite(_)) {
-        return recs.iter().try_for_each(|r| insert(conn, r.borrow()));
+        for rec in recs.iter().map(Borrow::borrow) {
+            insert_event(conn, rec)?;
+        }
+        for (patient, recorded, id) in patient_links(recs) {
+            let mut sql =
+                Sql::new("INSERT INTO audit_patient (audit_id, patient_key, recorded) VALUES (");
+            sql.text(id)
+                .push(", ")
+                .text(patient)
+                .push(", ")
+                .int(recorded)
+                .push(")");
+            execute(conn, &sql)?;
+        }
+        return alerts(conn, recs);
     }
     for chunk in chunked(recs) {
         let mut sql = Sql::new("INSERT INTO audit_event (id, recorded, client_id, user_id, org, role, purpose, outcome, break_glass, content) VALUES ");
@@ -99,19 +120,11 @@ pub fn insert_many<R: Borrow<AuditRecord>>(
         }
         execute(conn, &sql)?;
     }
-    let links: Vec<(&str, &str, i64)> = recs
-        .iter()
-        .map(Borrow::borrow)
-        .flat_map(|r: &AuditRecord| {
-            r.patients
-                .iter()
-                .map(|p| (r.id.as_str(), p.as_str(), r.recorded))
-        })
-        .collect();
+    let links = patient_links(recs);
     for chunk in chunked(&links) {
         let mut sql =
             Sql::new("INSERT INTO audit_patient (audit_id, patient_key, recorded) VALUES ");
-        for (i, (id, patient, recorded)) in chunk.iter().enumerate() {
+        for (i, (patient, recorded, id)) in chunk.iter().enumerate() {
             sql.push(if i == 0 { "(" } else { ", (" });
             sql.text(*id)
                 .push(", ")
@@ -122,6 +135,11 @@ pub fn insert_many<R: Borrow<AuditRecord>>(
         }
         execute(conn, &sql)?;
     }
+    alerts(conn, recs)
+}
+
+/// Queues the privacy officers' alert for each break-glass record.
+fn alerts<R: Borrow<AuditRecord>>(conn: &mut DbConn, recs: &[R]) -> Result<(), StoreError> {
     for rec in recs.iter().map(Borrow::borrow).filter(|r| r.break_glass) {
         crate::outbox::enqueue_alert(conn, &rec.id)?;
     }

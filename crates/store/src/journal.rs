@@ -40,9 +40,8 @@ pub const SEGMENT_BYTES: u64 = 64 << 10;
 const MAX_BATCH: usize = 2048;
 /// Records are handed to the writer in batches of about this many (each commit of the audit
 /// tables costs a fixed amount on top of its records: measured on SQLite, a batch of 30 costs
-/// about 60 us per record, a batch of 300 about 40), or after `COPY_DELAY`, or as soon as the
-/// journal has nothing more to append (so nothing is held while it is idle).
-const COPY_RECORDS: usize = 64;
+/// about 60 us per record, a batch of 300 about 40), or once the oldest is `COPY_DELAY` old.
+const COPY_RECORDS: usize = 256;
 const COPY_DELAY: std::time::Duration = std::time::Duration::from_millis(25);
 
 #[derive(Serialize)]
@@ -332,18 +331,38 @@ impl Appender {
         // Durable records not yet handed to the writer, and when the oldest became durable.
         let mut held: Vec<AuditRecord> = Vec::new();
         let mut since = std::time::Instant::now();
+        // Only to wait for the next record with a time limit.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok();
         loop {
             let first = match rx.try_recv() {
                 Ok(item) => item,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    // Idle: hand over what is held before waiting.
-                    if !held.is_empty() && !self.hand_over(&mut held) {
-                        return;
-                    }
-                    match rx.blocking_recv() {
-                        Some(item) => item,
-                        None => break,
+                    // Idle: wait for more until the held records are `COPY_DELAY` old, then
+                    // hand them over (handing each quiet moment's one or two records over at
+                    // once made the writer commit, and fsync, once per read at low load).
+                    let wait = COPY_DELAY.saturating_sub(since.elapsed());
+                    let next = match &timer {
+                        Some(timer) if !held.is_empty() => timer
+                            .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+                            .ok(),
+                        _ => None,
+                    };
+                    match next {
+                        Some(Some(item)) => item,
+                        Some(None) => break,
+                        None => {
+                            if !held.is_empty() && !self.hand_over(&mut held) {
+                                return;
+                            }
+                            match rx.blocking_recv() {
+                                Some(item) => item,
+                                None => break,
+                            }
+                        }
                     }
                 }
             };
