@@ -12,6 +12,8 @@ use epaccs_fhir::date;
 use epaccs_fhir::validate::Issue;
 use epaccs_store::resources;
 use epaccs_store::{StoreError, Stored};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 /// Extension marking the planned review date of a plan or decision.
@@ -247,7 +249,12 @@ const SUMMARY_TYPES: &[&str] = &[
     "EpisodeOfCare",
 ];
 
-fn build_document(state: &AppState, patient: &Stored, items: &[Stored]) -> Value {
+/// The summary as a serialized document Bundle.
+fn build_document(
+    state: &AppState,
+    patient: &Stored,
+    items: &[Stored],
+) -> Result<String, ApiError> {
     let base = &state.base_url;
     let parsed: Vec<(&Stored, Value)> = items.iter().map(|s| (s, respond::parse(s))).collect();
     let s = Summary { items: parsed };
@@ -417,24 +424,70 @@ fn build_document(state: &AppState, patient: &Stored, items: &[Stored]) -> Value
             }
         }
     }
-    let mut parsed: std::collections::HashMap<(&str, &str), (&Stored, Value)> = s
+    // The resources go out as stored (`RawValue`): parsed above only to choose them, never
+    // serialized again.
+    let stored: std::collections::HashMap<(&str, &str), &Stored> = s
         .items
-        .into_iter()
-        .map(|(st, v)| ((st.resource_type.as_str(), st.id.as_str()), (st, v)))
+        .iter()
+        .map(|(st, _)| ((st.resource_type.as_str(), st.id.as_str()), *st))
         .collect();
-    let mut entries = vec![
-        respond::entry(composition_url, composition, None),
-        respond::entry(full_url(base, patient), p, None),
+    let composition = serde_json::value::to_raw_value(&composition)
+        .map_err(|e| ApiError::Internal(format!("composition: {e}")))?;
+    let mut entry = vec![
+        DocumentEntry {
+            full_url: composition_url,
+            resource: &composition,
+        },
+        DocumentEntry {
+            full_url: full_url(base, patient),
+            resource: raw(patient)?,
+        },
     ];
     for key in &order {
-        if let Some((st, v)) = parsed.remove(key) {
-            entries.push(respond::entry(full_url(base, st), v, None));
+        if let Some(st) = stored.get(key) {
+            entry.push(DocumentEntry {
+                full_url: full_url(base, st),
+                resource: raw(st)?,
+            });
         }
     }
-    let mut b = bundle("document", None, vec![], entries);
-    b["identifier"] = json!({"system": "urn:ietf:rfc:3986", "value": format!("urn:uuid:{}", uuid::Uuid::new_v4())});
-    b["timestamp"] = json!(now);
-    b
+    let document = Document {
+        resource_type: "Bundle",
+        id: uuid::Uuid::new_v4().to_string(),
+        meta: json!({"lastUpdated": now}),
+        kind: "document",
+        identifier: json!({"system": "urn:ietf:rfc:3986", "value": format!("urn:uuid:{}", uuid::Uuid::new_v4())}),
+        timestamp: &now,
+        entry,
+    };
+    serde_json::to_string(&document).map_err(|e| ApiError::Internal(format!("summary: {e}")))
+}
+
+/// A stored resource as it will be sent (written by this server, so always valid JSON).
+fn raw(st: &Stored) -> Result<&RawValue, ApiError> {
+    serde_json::from_str::<&RawValue>(&st.content)
+        .map_err(|e| ApiError::Internal(format!("stored {}: {e}", st.resource_type)))
+}
+
+/// The summary's document Bundle, serialized with its resources as stored.
+#[derive(Serialize)]
+struct Document<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    id: String,
+    meta: Value,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    identifier: Value,
+    timestamp: &'a str,
+    entry: Vec<DocumentEntry<'a>>,
+}
+
+#[derive(Serialize)]
+struct DocumentEntry<'a> {
+    #[serde(rename = "fullUrl")]
+    full_url: String,
+    resource: &'a RawValue,
 }
 
 enum Lookup {
@@ -516,10 +569,12 @@ pub async fn summary(
             };
             let patient = store.read(gate.clone(), "Patient", one).await.map_err(not_found)?;
             let (items, _) = store.compartment(gate, one, SUMMARY_TYPES).await.map_err(not_found)?;
-            Ok(build_document(&state, &patient, &items))
+            build_document(&state, &patient, &items)
         })
         .await?;
-    Ok(respond::json(StatusCode::OK, &doc))
+    Ok(HttpResponse::Ok()
+        .content_type(respond::FHIR_JSON_UTF8)
+        .body(doc))
 }
 
 pub async fn everything(
