@@ -39,20 +39,63 @@ fn insert_event(conn: &mut DbConn, rec: &AuditRecord) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// The (patient, recorded, audit id) links of `recs`, in the order of the per-patient index:
-/// inserted in key order, neighbouring links land on pages the previous insert just touched.
+/// The (patient, recorded, audit id) links of `recs`. They are appended to
+/// `audit_patient_recent` and moved into the per-patient index by `merge_recent`.
 fn patient_links<R: Borrow<AuditRecord>>(recs: &[R]) -> Vec<(&str, i64, &str)> {
-    let mut links: Vec<(&str, i64, &str)> = recs
-        .iter()
+    recs.iter()
         .map(Borrow::borrow)
         .flat_map(|r: &AuditRecord| {
             r.patients
                 .iter()
                 .map(|p| (p.as_str(), r.recorded, r.id.as_str()))
         })
-        .collect();
-    links.sort_unstable();
-    links
+        .collect()
+}
+
+/// How many links are waiting in `audit_patient_recent`.
+pub fn recent_links(conn: &mut DbConn) -> Result<u64, StoreError> {
+    let rows: Vec<Count> = load(
+        conn,
+        &Sql::new("SELECT COUNT(*) AS n FROM audit_patient_recent"),
+    )?;
+    Ok(rows.first().map_or(0, |r| r.n.max(0) as u64))
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Moves up to `limit` of the oldest waiting links into the per-patient index, in its key
+/// order (inside the caller's transaction); returns how many moved.
+pub fn merge_recent(conn: &mut DbConn, limit: usize) -> Result<u64, StoreError> {
+    let mut sql = Sql::new("SELECT COUNT(*) AS n, COALESCE(MAX(seq), 0) AS upto FROM (SELECT seq FROM audit_patient_recent ORDER BY seq LIMIT ");
+    sql.int(limit as i64).push(") oldest");
+    let rows: Vec<Upto> = load(conn, &sql)?;
+    let Some(&Upto { n, upto }) = rows.first() else {
+        return Ok(0);
+    };
+    if n == 0 {
+        return Ok(0);
+    }
+    // A link already in the index (it cannot be, but a merge must never fail on it) is skipped.
+    let mut sql = Sql::new("INSERT INTO audit_patient (audit_id, patient_key, recorded) SELECT audit_id, patient_key, recorded FROM audit_patient_recent WHERE seq <= ");
+    sql.int(upto)
+        .push(" ORDER BY patient_key, recorded, audit_id ON CONFLICT DO NOTHING");
+    execute(conn, &sql)?;
+    let mut sql = Sql::new("DELETE FROM audit_patient_recent WHERE seq <= ");
+    sql.int(upto);
+    execute(conn, &sql)?;
+    Ok(n.max(0) as u64)
+}
+
+#[derive(QueryableByName, Clone, Copy)]
+struct Upto {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+    #[diesel(sql_type = BigInt)]
+    upto: i64,
 }
 
 /// Row counts of the multi-row inserts `insert_many` uses: a few statement shapes, each
@@ -81,8 +124,9 @@ pub fn insert_many<R: Borrow<AuditRecord>>(
             insert_event(conn, rec)?;
         }
         for (patient, recorded, id) in patient_links(recs) {
-            let mut sql =
-                Sql::new("INSERT INTO audit_patient (audit_id, patient_key, recorded) VALUES (");
+            let mut sql = Sql::new(
+                "INSERT INTO audit_patient_recent (audit_id, patient_key, recorded) VALUES (",
+            );
             sql.text(id)
                 .push(", ")
                 .text(patient)
@@ -123,7 +167,7 @@ pub fn insert_many<R: Borrow<AuditRecord>>(
     let links = patient_links(recs);
     for chunk in chunked(&links) {
         let mut sql =
-            Sql::new("INSERT INTO audit_patient (audit_id, patient_key, recorded) VALUES ");
+            Sql::new("INSERT INTO audit_patient_recent (audit_id, patient_key, recorded) VALUES ");
         for (i, (patient, recorded, id)) in chunk.iter().enumerate() {
             sql.push(if i == 0 { "(" } else { ", (" });
             sql.text(*id)
@@ -225,7 +269,10 @@ pub fn search(
         sql.push(" AND a.id = ").text(id.clone());
     }
     if let Some(p) = &q.patient {
+        // Merged links, and those still waiting to be (see `merge_recent`).
         sql.push(" AND a.id IN (SELECT audit_id FROM audit_patient WHERE patient_key = ")
+            .text(p.clone())
+            .push(" UNION ALL SELECT audit_id FROM audit_patient_recent WHERE patient_key = ")
             .text(p.clone())
             .push(")");
     }
@@ -327,7 +374,10 @@ mod tests {
         );
         let links: i64 = (0..71).map(|i| i % 3).sum();
         assert_eq!(
-            count(&mut conn, "SELECT COUNT(*) AS n FROM audit_patient"),
+            count(
+                &mut conn,
+                "SELECT (SELECT COUNT(*) FROM audit_patient) + (SELECT COUNT(*) FROM audit_patient_recent) AS n"
+            ),
             links
         );
         assert_eq!(
@@ -337,6 +387,129 @@ mod tests {
             ),
             1
         );
+    }
+
+    fn privacy_officer() -> Gate {
+        use epaccs_core::{OdsCode, Purpose, Role, Scopes};
+        let principal = epaccs_core::Principal {
+            client_id: "po".into(),
+            org: OdsCode::parse("X26").expect("ods"),
+            role: Role::PrivacyOfficer,
+            user_id: None,
+            user_name: None,
+            user_role: None,
+            purpose: Purpose::Treat,
+            break_glass_reason: None,
+            scopes: Scopes::default(),
+        };
+        Gate::new(
+            principal,
+            std::sync::Arc::new(epaccs_access::Rules::default()),
+        )
+    }
+
+    fn record(i: i64, patients: &[&str]) -> AuditRecord {
+        AuditRecord {
+            id: format!("m{i:04}"),
+            recorded: 5_000 + i,
+            client_id: "crew".into(),
+            user_id: None,
+            org: "RX801".into(),
+            role: "ambulance".into(),
+            purpose: "TREAT".into(),
+            outcome: "0".into(),
+            break_glass: false,
+            patients: patients.iter().map(|p| p.to_string()).collect(),
+            content:
+                r#"{"i":"read","o":"0","p":"TREAT","c":"crew","org":"RX801","role":"ambulance"}"#
+                    .into(),
+        }
+    }
+
+    fn ids_for(conn: &mut DbConn, patient: &str) -> Vec<String> {
+        let q = AuditQuery {
+            patient: Some(patient.into()),
+            count: 1_000,
+            ..Default::default()
+        };
+        let (events, _) = search(conn, &privacy_officer(), &q).expect("search");
+        events
+            .iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_str(e).expect("json");
+                v["id"].as_str().expect("id").to_string()
+            })
+            .collect()
+    }
+
+    /// Links wait in `audit_patient_recent` and move into the per-patient index in merges; a
+    /// search by patient finds every access before, during and after, and only that patient's.
+    fn links_are_found_before_and_after_merging(url: &DatabaseUrl) {
+        url.migrate().expect("migrate");
+        let mut conn = url.connect(true).expect("connect");
+        // Patient A in every even record, B in every third; 30 records.
+        let recs: Vec<AuditRecord> = (0..30)
+            .map(|i| {
+                let mut ps = Vec::new();
+                if i % 2 == 0 {
+                    ps.push("Patient/a");
+                }
+                if i % 3 == 0 {
+                    ps.push("Patient/b");
+                }
+                record(i, &ps)
+            })
+            .collect();
+        insert_many(&mut conn, &recs).expect("insert");
+        let expect = |p: &str| -> Vec<String> {
+            let mut ids: Vec<String> = recs
+                .iter()
+                .filter(|r| r.patients.iter().any(|x| x == p))
+                .map(|r| r.id.clone())
+                .collect();
+            ids.reverse(); // newest first
+            ids
+        };
+        let links = recent_links(&mut conn).expect("count");
+        assert_eq!(links, 15 + 10);
+        assert_eq!(ids_for(&mut conn, "Patient/a"), expect("Patient/a"));
+        // Part merged: found across both tables.
+        let moved = merge_recent(&mut conn, 7).expect("merge");
+        assert_eq!(moved, 7);
+        assert_eq!(recent_links(&mut conn).expect("count"), links - 7);
+        assert_eq!(ids_for(&mut conn, "Patient/a"), expect("Patient/a"));
+        assert_eq!(ids_for(&mut conn, "Patient/b"), expect("Patient/b"));
+        // All merged.
+        assert_eq!(merge_recent(&mut conn, 1_000).expect("merge"), links - 7);
+        assert_eq!(merge_recent(&mut conn, 1_000).expect("merge"), 0);
+        assert_eq!(
+            count(&mut conn, "SELECT COUNT(*) AS n FROM audit_patient") as u64,
+            links
+        );
+        assert_eq!(ids_for(&mut conn, "Patient/a"), expect("Patient/a"));
+        assert_eq!(ids_for(&mut conn, "Patient/b"), expect("Patient/b"));
+        assert!(ids_for(&mut conn, "Patient/c").is_empty());
+        // A waiting link can be neither changed nor deleted before it is merged.
+        insert_many(&mut conn, &[record(99, &["Patient/c"])]).expect("insert");
+        assert!(execute(
+            &mut conn,
+            &Sql::new("UPDATE audit_patient_recent SET patient_key = 'Patient/a'")
+        )
+        .is_err());
+        assert!(execute(&mut conn, &Sql::new("DELETE FROM audit_patient_recent")).is_err());
+        assert_eq!(ids_for(&mut conn, "Patient/c"), vec!["m0099".to_string()]);
+        assert!(execute(&mut conn, &Sql::new("DELETE FROM audit_patient")).is_err());
+    }
+
+    #[test]
+    fn links_are_found_before_and_after_merging_on_sqlite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        links_are_found_before_and_after_merging(&DatabaseUrl::Sqlite(dir.path().join("m.db")));
+    }
+
+    #[test]
+    fn links_are_found_before_and_after_merging_on_postgres() {
+        crate::testdb::with_postgres(links_are_found_before_and_after_merging);
     }
 
     #[test]
