@@ -7,17 +7,21 @@ CREATE TABLE audit_patient_recent (
     patient_key TEXT NOT NULL,
     recorded BIGINT NOT NULL
 );
--- A link leaves this table only once it is in audit_patient; it is never changed.
+CREATE TRIGGER audit_patient_recent_no_update BEFORE UPDATE ON audit_patient_recent
+    FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+-- A link leaves this table only once it is in audit_patient: checked once per DELETE statement
+-- over all the rows it removed (a merge removes thousands).
 CREATE FUNCTION audit_patient_recent_moved_only() RETURNS trigger AS $$
 BEGIN
-    IF TG_OP = 'UPDATE' OR NOT EXISTS (
-        SELECT 1 FROM audit_patient
-        WHERE patient_key = OLD.patient_key AND recorded = OLD.recorded
-          AND audit_id = OLD.audit_id) THEN
+    IF EXISTS (SELECT 1 FROM gone g WHERE NOT EXISTS (
+        SELECT 1 FROM audit_patient a
+        WHERE a.patient_key = g.patient_key AND a.recorded = g.recorded
+          AND a.audit_id = g.audit_id)) THEN
         RAISE EXCEPTION 'the audit trail is append-only';
     END IF;
-    RETURN OLD;
+    RETURN NULL;
 END
 $$ LANGUAGE plpgsql;
-CREATE TRIGGER audit_patient_recent_append_only BEFORE UPDATE OR DELETE ON audit_patient_recent
-    FOR EACH ROW EXECUTE FUNCTION audit_patient_recent_moved_only();
+CREATE TRIGGER audit_patient_recent_moved_only AFTER DELETE ON audit_patient_recent
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_patient_recent_moved_only();
