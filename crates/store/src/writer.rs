@@ -206,7 +206,8 @@ fn run(
     checkpoints: Option<Checkpoints>,
 ) {
     let mut conn = Some(conn);
-    // Links waiting to be merged (counted from what this thread appends; recounted at start).
+    // Links waiting to be merged: counted at start, then from the reads' audit records this
+    // thread appends (writes' own records add a few more, merged with the rest).
     let mut recent = conn
         .as_mut()
         .and_then(|c| crate::audit::recent_links(c).ok())
@@ -222,8 +223,9 @@ fn run(
                 Ok(job) => Some(job),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    // Idle: a good moment to merge what has waited a while.
-                    if recent > 0 && merged_at.elapsed() >= MERGE_IDLE {
+                    // Idle: a good moment to merge what has waited a while (whatever `recent`
+                    // says: it does not count the links of writes' own audit records).
+                    if merged_at.elapsed() >= MERGE_IDLE {
                         if let Some(c) = conn.as_mut() {
                             merge_links(c, &mut recent);
                         }
@@ -512,7 +514,6 @@ fn start_checkpointer(url: &DatabaseUrl) -> Result<Checkpoints, StoreError> {
     Ok(Checkpoints { _stop: tx, restart })
 }
 
-/// On the writer's connection, between batches (see `Checkpoints`).
 fn links_in<R: std::borrow::Borrow<AuditRecord>>(recs: &[R]) -> u64 {
     recs.iter().map(|r| r.borrow().patients.len() as u64).sum()
 }
@@ -537,6 +538,7 @@ fn merge_links(conn: &mut DbConn, recent: &mut u64) {
     }
 }
 
+/// On the writer's connection, between batches (see `Checkpoints`).
 fn restart_wal(conn: &mut DbConn) {
     let outcome = conn
         .batch_execute(RESTART_WAIT)
