@@ -354,17 +354,12 @@ mod tests {
         // 64 + 4 + 1 + 1 + 1: every chunk size but 16, and the tail.
         let recs: Vec<AuditRecord> = (0..71)
             .map(|i| AuditRecord {
-                id: format!("a{i:03}"),
-                recorded: 1_000 + i,
-                client_id: "c".into(),
                 user_id: (i % 2 == 0).then(|| "u".to_string()),
-                org: "RX801".into(),
-                role: "ambulance".into(),
-                purpose: "TREAT".into(),
-                outcome: "0".into(),
-                break_glass: false,
-                patients: (0..(i % 3)).map(|p| format!("p{p}")).collect(),
-                content: "{}".into(),
+                ..crate::testdb::audit_record(
+                    format!("a{i:03}"),
+                    1_000 + i,
+                    (0..(i % 3)).map(|p| format!("p{p}")).collect(),
+                )
             })
             .collect();
         insert_many(&mut conn, &recs).expect("insert");
@@ -409,21 +404,11 @@ mod tests {
     }
 
     fn record(i: i64, patients: &[&str]) -> AuditRecord {
-        AuditRecord {
-            id: format!("m{i:04}"),
-            recorded: 5_000 + i,
-            client_id: "crew".into(),
-            user_id: None,
-            org: "RX801".into(),
-            role: "ambulance".into(),
-            purpose: "TREAT".into(),
-            outcome: "0".into(),
-            break_glass: false,
-            patients: patients.iter().map(|p| p.to_string()).collect(),
-            content:
-                r#"{"i":"read","o":"0","p":"TREAT","c":"crew","org":"RX801","role":"ambulance"}"#
-                    .into(),
-        }
+        crate::testdb::audit_record(
+            format!("m{i:04}"),
+            5_000 + i,
+            patients.iter().map(|p| p.to_string()).collect(),
+        )
     }
 
     fn ids_for(conn: &mut DbConn, patient: &str) -> Vec<String> {

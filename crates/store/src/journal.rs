@@ -502,17 +502,13 @@ mod tests {
 
     fn record(i: u64) -> AuditRecord {
         AuditRecord {
-            id: format!("journal-{i:04}"),
-            recorded: 1_000 + i as i64,
-            client_id: "crew".into(),
             user_id: Some("u1".into()),
-            org: "RX801".into(),
-            role: "ambulance".into(),
-            purpose: "TREAT".into(),
-            outcome: "0".into(),
-            break_glass: false,
-            patients: vec![format!("p{}", i % 3)],
             content: "{}".into(),
+            ..crate::testdb::audit_record(
+                format!("journal-{i:04}"),
+                1_000 + i as i64,
+                vec![format!("p{}", i % 3)],
+            )
         }
     }
 

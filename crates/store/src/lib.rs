@@ -20,6 +20,7 @@ pub(crate) mod testdb {
     use crate::DatabaseUrl;
     use diesel::connection::SimpleConnection;
     use diesel::Connection;
+    use epaccs_access::audit::AuditRecord;
 
     pub fn with_postgres(f: impl FnOnce(&DatabaseUrl)) {
         let admin = std::env::var("EPACCS_TEST_POSTGRES")
@@ -43,6 +44,26 @@ pub(crate) mod testdb {
     /// The single number `sql` (a `SELECT COUNT(*) AS n ...`) returns.
     pub fn count(conn: &mut crate::DbConn, sql: &str) -> i64 {
         crate::db::load::<Count>(conn, &crate::db::Sql::new(sql)).expect("count")[0].n
+    }
+
+    /// An ambulance crew's read, audited, naming `patients`; tests change what they need with
+    /// struct update syntax.
+    pub fn audit_record(id: String, recorded: i64, patients: Vec<String>) -> AuditRecord {
+        AuditRecord {
+            id,
+            recorded,
+            client_id: "crew".into(),
+            user_id: None,
+            org: "RX801".into(),
+            role: "ambulance".into(),
+            purpose: "TREAT".into(),
+            outcome: "0".into(),
+            break_glass: false,
+            patients,
+            content:
+                r#"{"i":"read","o":"0","p":"TREAT","c":"crew","org":"RX801","role":"ambulance"}"#
+                    .into(),
+        }
     }
 }
 

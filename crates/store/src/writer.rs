@@ -582,17 +582,12 @@ mod tests {
         rt.block_on(async {
             for i in 0..4_000u64 {
                 let rec = AuditRecord {
-                    id: format!("wal-{i:05}"),
-                    recorded: i as i64,
-                    client_id: "c".into(),
-                    user_id: None,
-                    org: "RX801".into(),
-                    role: "ambulance".into(),
-                    purpose: "TREAT".into(),
-                    outcome: "0".into(),
-                    break_glass: false,
-                    patients: vec![format!("p{}", i % 97)],
                     content: "x".repeat(600),
+                    ..crate::testdb::audit_record(
+                        format!("wal-{i:05}"),
+                        i as i64,
+                        vec![format!("p{}", i % 97)],
+                    )
                 };
                 w.audit(rec).await.expect("append");
                 let wal = std::fs::metadata(dir.path().join("wal.db-wal")).map_or(0, |m| m.len());
