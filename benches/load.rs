@@ -278,12 +278,20 @@ async fn run() {
     println!(
         "audit journal: {}",
         audit_journal.as_ref().map_or(
-            "off (records inserted by the group commit)".to_string(),
+            if database_url.is_sqlite() {
+                "off (records inserted by the group commit)".to_string()
+            } else {
+                format!(
+                    "off (records committed by {} audit committer(s))",
+                    env_num("EPACCS_AUDIT_COMMITTERS", 1)
+                )
+            },
             |d| d.display().to_string()
         )
     );
     let settings = Settings {
         audit_journal,
+        audit_committers: env_num("EPACCS_AUDIT_COMMITTERS", 1) as usize,
         database_url,
         listen: "127.0.0.1:0".parse().expect("addr"),
         base_url: None,

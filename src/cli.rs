@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// database. Default: beside a SQLite database file; off for PostgreSQL.
     #[arg(long, env = "EPACCS_AUDIT_JOURNAL")]
     pub audit_journal: Option<String>,
+    /// PostgreSQL without an audit journal: how many connections commit reads' audit records
+    /// side by side (more helps when each commit's flush is slow, e.g. network storage).
+    #[arg(long, env = "EPACCS_AUDIT_COMMITTERS", default_value = "1")]
+    pub audit_committers: String,
     /// JSON file with the sharing rules (default rules if unset).
     #[arg(long, env = "EPACCS_SHARING_RULES")]
     pub sharing_rules: Option<String>,
@@ -194,6 +198,11 @@ impl ServeArgs {
         if pool_size == 0 {
             bail!("EPACCS_POOL_SIZE must be at least 1");
         }
+        let audit_committers =
+            parse_num::<usize>("EPACCS_AUDIT_COMMITTERS", &self.audit_committers)?;
+        if !(1..=64).contains(&audit_committers) {
+            bail!("EPACCS_AUDIT_COMMITTERS must be from 1 to 64");
+        }
         let read_cache_mb = parse_num::<u64>("EPACCS_READ_CACHE_MB", &self.read_cache_mb)?;
         if read_cache_mb > 1 << 20 {
             bail!("EPACCS_READ_CACHE_MB must be at most 1048576");
@@ -219,6 +228,7 @@ impl ServeArgs {
         };
         Ok(Settings {
             audit_journal,
+            audit_committers,
             database_url,
             listen,
             base_url,

@@ -26,6 +26,8 @@ pub struct Settings {
     pub read_cache_mb: u64,
     /// Directory of the audit journal (None: reads' audit records go straight to the database).
     pub audit_journal: Option<std::path::PathBuf>,
+    /// PostgreSQL without a journal: connections committing reads' audit records.
+    pub audit_committers: usize,
     pub rules: Rules,
     pub limits: Limits,
     pub notify: epaccs_notify::NotifyOptions,
@@ -122,6 +124,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         pool_size: settings.pool_size,
         cache_bytes: settings.read_cache_mb << 20,
         audit_journal: settings.audit_journal.clone(),
+        audit_committers: settings.audit_committers,
         ..Default::default()
     };
     let store = tokio::task::spawn_blocking(move || Store::open(&url, params, opts))

@@ -113,6 +113,7 @@ fn settings(db_url: &str) -> Settings {
     let database_url = DatabaseUrl::parse(db_url).expect("test url");
     Settings {
         audit_journal: Settings::default_audit_journal(&database_url),
+        audit_committers: 2,
         database_url,
         listen: "127.0.0.1:0".parse().expect("addr"),
         base_url: None,

@@ -1,6 +1,6 @@
 //! The audit trail: append-only AuditEvents, searchable by privacy officers.
 
-use crate::db::{execute, load, Bind, DbConn, Sql};
+use crate::db::{execute, load, Bind, DbConn, PgAuditAppend, Sql};
 use crate::StoreError;
 use diesel::sql_types::{BigInt, Text};
 use diesel::QueryableByName;
@@ -80,6 +80,15 @@ pub fn merge_recent(conn: &mut DbConn, limit: usize) -> Result<u64, StoreError> 
         return Ok(0);
     }
     // A link already in the index (it cannot be, but a merge must never fail on it) is skipped.
+    if matches!(conn, DbConn::Pg(_)) {
+        // One statement, so one snapshot: links committed meanwhile by the audit committers
+        // (see `committers`) are either moved or left, never deleted unmerged; a merge running
+        // at the same time skips the rows this one deleted.
+        let mut sql = Sql::new("WITH moved AS (DELETE FROM audit_patient_recent WHERE seq <= ");
+        sql.int(upto).push(" RETURNING audit_id, patient_key, recorded) INSERT INTO audit_patient (audit_id, patient_key, recorded) SELECT audit_id, patient_key, recorded FROM moved ORDER BY patient_key, recorded, audit_id ON CONFLICT DO NOTHING");
+        execute(conn, &sql)?;
+        return Ok(n.max(0) as u64);
+    }
     let mut sql = Sql::new("INSERT INTO audit_patient (audit_id, patient_key, recorded) SELECT audit_id, patient_key, recorded FROM audit_patient_recent WHERE seq <= ");
     sql.int(upto)
         .push(" ORDER BY patient_key, recorded, audit_id ON CONFLICT DO NOTHING");
@@ -98,23 +107,11 @@ struct Upto {
     upto: i64,
 }
 
-/// Row counts of the multi-row inserts `insert_many` uses: a few statement shapes, each
-/// prepared once per connection, whatever the batch size.
-const CHUNKS: [usize; 4] = [64, 16, 4, 1];
-
-/// Splits `items` into runs of the `CHUNKS` sizes, largest first.
-fn chunked<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        let n = CHUNKS.into_iter().find(|&n| n <= items.len())?;
-        let (chunk, rest) = items.split_at(n);
-        items = rest;
-        Some(chunk)
-    })
-}
-
-/// Appends a batch's audit records. On PostgreSQL, where each statement is a round trip, with a
-/// few multi-row INSERTs; on SQLite (in-process) one prepared statement per row is cheaper than
-/// a multi-row VALUES list, so record by record.
+/// Appends a batch's audit records. On PostgreSQL, where each statement is a round trip, with
+/// one statement taking arrays (records and links together; the same prepared statement
+/// whatever the batch size); on SQLite (in-process) one prepared statement per row is cheaper
+/// than a multi-row VALUES list, so record by record. Break-glass records also queue an alert
+/// (another statement: callers with one in the batch need a transaction).
 pub fn insert_many<R: Borrow<AuditRecord>>(
     conn: &mut DbConn,
     recs: &[R],
@@ -137,49 +134,28 @@ pub fn insert_many<R: Borrow<AuditRecord>>(
         }
         return alerts(conn, recs);
     }
-    for chunk in chunked(recs) {
-        let mut sql = Sql::new("INSERT INTO audit_event (id, recorded, client_id, user_id, org, role, purpose, outcome, break_glass, content) VALUES ");
-        for (i, rec) in chunk.iter().map(Borrow::borrow).enumerate() {
-            sql.push(if i == 0 { "(" } else { ", (" });
-            sql.text(rec.id.clone())
-                .push(", ")
-                .int(rec.recorded)
-                .push(", ")
-                .text(rec.client_id.clone())
-                .push(", ")
-                .bind(Bind::OptText(rec.user_id.clone()))
-                .push(", ")
-                .text(rec.org.clone())
-                .push(", ")
-                .text(rec.role.clone())
-                .push(", ")
-                .text(rec.purpose.clone())
-                .push(", ")
-                .text(rec.outcome.clone())
-                .push(", ")
-                .bind(Bind::Bool(rec.break_glass))
-                .push(", ")
-                .text(rec.content.clone())
-                .push(")");
-        }
-        execute(conn, &sql)?;
+    let DbConn::Pg(pg) = conn else {
+        unreachable!("SQLite is handled above")
+    };
+    let recs: Vec<&AuditRecord> = recs.iter().map(Borrow::borrow).collect();
+    let links = patient_links(&recs);
+    PgAuditAppend {
+        ids: recs.iter().map(|r| r.id.as_str()).collect(),
+        recorded: recs.iter().map(|r| r.recorded).collect(),
+        client_ids: recs.iter().map(|r| r.client_id.as_str()).collect(),
+        user_ids: recs.iter().map(|r| r.user_id.as_deref()).collect(),
+        orgs: recs.iter().map(|r| r.org.as_str()).collect(),
+        roles: recs.iter().map(|r| r.role.as_str()).collect(),
+        purposes: recs.iter().map(|r| r.purpose.as_str()).collect(),
+        outcomes: recs.iter().map(|r| r.outcome.as_str()).collect(),
+        break_glass: recs.iter().map(|r| r.break_glass).collect(),
+        contents: recs.iter().map(|r| r.content.as_str()).collect(),
+        link_ids: links.iter().map(|l| l.2).collect(),
+        link_patients: links.iter().map(|l| l.0).collect(),
+        link_recorded: links.iter().map(|l| l.1).collect(),
     }
-    let links = patient_links(recs);
-    for chunk in chunked(&links) {
-        let mut sql =
-            Sql::new("INSERT INTO audit_patient_recent (audit_id, patient_key, recorded) VALUES ");
-        for (i, (patient, recorded, id)) in chunk.iter().enumerate() {
-            sql.push(if i == 0 { "(" } else { ", (" });
-            sql.text(*id)
-                .push(", ")
-                .text(*patient)
-                .push(", ")
-                .int(*recorded)
-                .push(")");
-        }
-        execute(conn, &sql)?;
-    }
-    alerts(conn, recs)
+    .execute(pg)?;
+    alerts(conn, &recs)
 }
 
 /// Queues the privacy officers' alert for each break-glass record.
@@ -351,7 +327,7 @@ mod tests {
     fn appends_whole(url: &DatabaseUrl) {
         url.migrate().expect("migrate");
         let mut conn = url.connect(true).expect("connect");
-        // 64 + 4 + 1 + 1 + 1: every chunk size but 16, and the tail.
+        // One batch of 71, with and without a user, naming none, one or two patients.
         let recs: Vec<AuditRecord> = (0..71)
             .map(|i| AuditRecord {
                 user_id: (i % 2 == 0).then(|| "u".to_string()),
@@ -381,6 +357,21 @@ mod tests {
                 "SELECT COUNT(*) AS n FROM audit_event WHERE id = 'a070' AND recorded = 1070"
             ),
             1
+        );
+        // Each value landed in its own record's row.
+        assert_eq!(
+            count(
+                &mut conn,
+                "SELECT COUNT(*) AS n FROM audit_event WHERE (user_id IS NULL) = (CAST(substr(id, 2) AS INTEGER) % 2 = 1)"
+            ),
+            71
+        );
+        assert_eq!(
+            count(
+                &mut conn,
+                "SELECT COUNT(*) AS n FROM audit_patient_recent WHERE audit_id = 'a005' AND recorded = 1005 AND patient_key IN ('p0', 'p1')"
+            ),
+            2
         );
     }
 

@@ -367,6 +367,72 @@ pub fn execute(conn: &mut DbConn, sql: &Sql) -> QueryResult<usize> {
     }
 }
 
+/// PostgreSQL: a batch of audit records and their patient links appended by one statement with
+/// array parameters, whatever the batch size. One round trip and one parse-free execution of a
+/// prepared statement (its text never changes); in autocommit it is its own transaction.
+pub(crate) struct PgAuditAppend<'a> {
+    pub ids: Vec<&'a str>,
+    pub recorded: Vec<i64>,
+    pub client_ids: Vec<&'a str>,
+    pub user_ids: Vec<Option<&'a str>>,
+    pub orgs: Vec<&'a str>,
+    pub roles: Vec<&'a str>,
+    pub purposes: Vec<&'a str>,
+    pub outcomes: Vec<&'a str>,
+    pub break_glass: Vec<bool>,
+    pub contents: Vec<&'a str>,
+    pub link_ids: Vec<&'a str>,
+    pub link_patients: Vec<&'a str>,
+    pub link_recorded: Vec<i64>,
+}
+
+impl QueryFragment<Pg> for PgAuditAppend<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::Array;
+        out.push_sql(
+            "WITH e AS (INSERT INTO audit_event (id, recorded, client_id, user_id, org, role, \
+             purpose, outcome, break_glass, content) SELECT * FROM unnest(",
+        );
+        out.push_bind_param::<Array<Text>, _>(&self.ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.recorded)?;
+        out.push_sql("::int8[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.client_ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.user_ids)?;
+        out.push_sql("::text[], ");
+        for texts in [&self.orgs, &self.roles, &self.purposes, &self.outcomes] {
+            out.push_bind_param::<Array<Text>, _>(texts)?;
+            out.push_sql("::text[], ");
+        }
+        out.push_bind_param::<Array<Bool>, _>(&self.break_glass)?;
+        out.push_sql("::bool[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.contents)?;
+        out.push_sql(
+            "::text[])) INSERT INTO audit_patient_recent (audit_id, patient_key, recorded) \
+             SELECT * FROM unnest(",
+        );
+        out.push_bind_param::<Array<Text>, _>(&self.link_ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.link_patients)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.link_recorded)?;
+        out.push_sql("::int8[])");
+        Ok(())
+    }
+}
+
+impl QueryId for PgAuditAppend<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl PgAuditAppend<'_> {
+    pub(crate) fn execute(&self, conn: &mut PgConnection) -> QueryResult<usize> {
+        conn.execute_returning_count(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

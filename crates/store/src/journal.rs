@@ -555,6 +555,7 @@ mod tests {
             url.clone(),
             crate::cache::ReadCache::new(0),
             Some(journal.clone()),
+            1,
         )
         .expect("writer");
         rt.block_on(async {
@@ -586,6 +587,7 @@ mod tests {
             url.clone(),
             crate::cache::ReadCache::new(0),
             Some(journal.clone()),
+            1,
         )
         .expect("writer after the crash");
         assert_eq!(
@@ -615,8 +617,13 @@ mod tests {
         drop(w);
 
         // Starting again copies nothing twice.
-        let w = Writer::start(url.clone(), crate::cache::ReadCache::new(0), Some(journal))
-            .expect("writer again");
+        let w = Writer::start(
+            url.clone(),
+            crate::cache::ReadCache::new(0),
+            Some(journal),
+            1,
+        )
+        .expect("writer again");
         assert_eq!(count(&mut conn, events), 9);
         drop(w);
     }
@@ -634,6 +641,7 @@ mod tests {
             url.clone(),
             crate::cache::ReadCache::new(0),
             Some(journal.clone()),
+            1,
         )
         .expect("writer");
         let n = 2_000u64;
@@ -671,8 +679,13 @@ mod tests {
             "{left} segments left after everything was copied"
         );
         drop(w);
-        let w = Writer::start(url.clone(), crate::cache::ReadCache::new(0), Some(journal))
-            .expect("writer again");
+        let w = Writer::start(
+            url.clone(),
+            crate::cache::ReadCache::new(0),
+            Some(journal),
+            1,
+        )
+        .expect("writer again");
         assert_eq!(count(&mut conn, events), n as i64 + 1);
         drop(w);
     }

@@ -3,11 +3,13 @@
 pub mod audit;
 mod cache;
 pub mod clients;
+mod committers;
 pub mod db;
 mod facts;
 mod instance;
 mod journal;
 mod lifecycle;
+mod merges;
 pub mod outbox;
 pub mod resources;
 pub mod search;
@@ -180,6 +182,9 @@ pub struct StoreOptions {
     /// they are copied into the audit tables (see `journal`); None appends them to the
     /// database directly.
     pub audit_journal: Option<std::path::PathBuf>,
+    /// PostgreSQL without a journal: how many connections commit reads' audit records (see
+    /// `committers`).
+    pub audit_committers: usize,
 }
 
 impl Default for StoreOptions {
@@ -189,6 +194,7 @@ impl Default for StoreOptions {
             connect_timeout: std::time::Duration::from_secs(5),
             cache_bytes: 256 << 20,
             audit_journal: None,
+            audit_committers: 1,
         }
     }
 }
@@ -213,6 +219,7 @@ impl Store {
             url.clone(),
             cache::ReadCache::new(opts.cache_bytes),
             opts.audit_journal.clone(),
+            opts.audit_committers,
         )?;
         let backend = if url.is_sqlite() {
             "sqlite"

@@ -3,9 +3,11 @@
 //! after that commit. A 2xx therefore always means durable, and many writers share one fsync.
 
 use crate::cache::ReadCache;
+use crate::committers::Committers;
 use crate::db::{DatabaseUrl, DbConn};
 use crate::instance;
 use crate::journal::{self, Journal};
+use crate::merges::{links_in, Merges};
 use crate::StoreError;
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
@@ -46,14 +48,6 @@ const MAX_BATCH: usize = 512;
 /// The most journaled audit records copied in one batch (about 20 ms of work on SQLite: what a
 /// clinical write sharing the batch may wait behind it).
 const COPY_PER_BATCH: usize = 512;
-/// The audit trail's per-patient links wait in `audit_patient_recent` until this many have
-/// gathered, then move into the per-patient index in one sorted merge between batches (about
-/// 100 ms on SQLite here); when the writer is idle they move after `MERGE_IDLE`.
-#[cfg(not(test))]
-const MERGE_AT: u64 = 16_384;
-#[cfg(test)]
-const MERGE_AT: u64 = 64;
-const MERGE_IDLE: Duration = Duration::from_secs(10);
 /// How long a request waits for its batch before answering 503.
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -63,6 +57,9 @@ pub struct Writer {
     cache: std::sync::Arc<ReadCache>,
     /// Where reads' audit records are made durable, when configured (see `journal`).
     journal: Option<Journal>,
+    /// PostgreSQL without a journal: reads' audit records are committed by threads of their
+    /// own (see `committers`).
+    committers: Option<Committers>,
     /// Signalled after a committed batch that enqueued notifications (wakes the worker).
     pub committed: std::sync::Arc<tokio::sync::Notify>,
 }
@@ -72,6 +69,7 @@ impl Writer {
         url: DatabaseUrl,
         cache: std::sync::Arc<ReadCache>,
         journal_dir: Option<PathBuf>,
+        committers: usize,
     ) -> Result<Writer, StoreError> {
         // One writing instance per database (see `instance`): the lock is held by this thread
         // (the file) or its connection (the PostgreSQL session) for as long as it runs.
@@ -104,6 +102,19 @@ impl Writer {
         };
         let committed = std::sync::Arc::new(tokio::sync::Notify::new());
         let signal = committed.clone();
+        // Links waiting to be merged, counted at start (see `merges`).
+        let merges = std::sync::Arc::new(Merges::new(
+            crate::audit::recent_links(&mut conn).unwrap_or(0),
+        ));
+        let committers = match (&url, &journal) {
+            (DatabaseUrl::Postgres(_), None) => Some(Committers::start(
+                &url,
+                committers.max(1),
+                merges.clone(),
+                committed.clone(),
+            )?),
+            _ => None,
+        };
         let checkpoints = if url.is_sqlite() {
             Some(start_checkpointer(&url)?)
         } else {
@@ -115,7 +126,12 @@ impl Writer {
                 let cache = cache.clone();
                 move || {
                     let _held = lock_file;
-                    run(url, conn, rx, signal, cache, applied_tx, checkpoints)
+                    let shared = Shared {
+                        committed: signal,
+                        cache,
+                        merges,
+                    };
+                    run(url, conn, rx, shared, applied_tx, checkpoints)
                 }
             })
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
@@ -123,6 +139,7 @@ impl Writer {
             tx,
             cache,
             journal,
+            committers,
             committed,
         })
     }
@@ -139,6 +156,9 @@ impl Writer {
     pub async fn audit(&self, rec: AuditRecord) -> Result<(), StoreError> {
         if let Some(j) = &self.journal {
             return j.append(rec).await;
+        }
+        if let Some(c) = &self.committers {
+            return c.audit(rec).await;
         }
         let (done_tx, done_rx) = oneshot::channel();
         self.tx
@@ -184,7 +204,9 @@ impl Writer {
     }
 }
 
-async fn answer<T>(done: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+pub(crate) async fn answer<T>(
+    done: oneshot::Receiver<Result<T, StoreError>>,
+) -> Result<T, StoreError> {
     match tokio::time::timeout(WAIT, done).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => Err(StoreError::Unavailable(
@@ -196,22 +218,28 @@ async fn answer<T>(done: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, 
     }
 }
 
+/// What the writer thread shares with the rest of the store.
+struct Shared {
+    /// Signalled after a committed batch that enqueued notifications.
+    committed: std::sync::Arc<tokio::sync::Notify>,
+    cache: std::sync::Arc<ReadCache>,
+    merges: std::sync::Arc<Merges>,
+}
+
 fn run(
     url: DatabaseUrl,
     conn: DbConn,
     mut rx: mpsc::Receiver<Job>,
-    committed: std::sync::Arc<tokio::sync::Notify>,
-    cache: std::sync::Arc<ReadCache>,
+    shared: Shared,
     applied: watch::Sender<u64>,
     checkpoints: Option<Checkpoints>,
 ) {
+    let Shared {
+        committed,
+        cache,
+        merges,
+    } = shared;
     let mut conn = Some(conn);
-    // Links waiting to be merged: counted at start, then from the reads' audit records this
-    // thread appends (writes' own records add a few more, merged with the rest).
-    let mut recent = conn
-        .as_mut()
-        .and_then(|c| crate::audit::recent_links(c).ok())
-        .unwrap_or(0);
     let mut merged_at = std::time::Instant::now();
     // Journaled audit records not yet copied, oldest first.
     let mut pending: std::collections::VecDeque<journal::Copy> = Default::default();
@@ -223,11 +251,11 @@ fn run(
                 Ok(job) => Some(job),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    // Idle: a good moment to merge what has waited a while (whatever `recent`
-                    // says: it does not count the links of writes' own audit records).
-                    if merged_at.elapsed() >= MERGE_IDLE {
+                    // Idle: a good moment to merge what has waited a while (whatever the count
+                    // says: it does not include the links of writes' own audit records).
+                    if merged_at.elapsed() >= Merges::IDLE {
                         if let Some(c) = conn.as_mut() {
-                            merge_links(c, &mut recent);
+                            merges.merge(c);
                         }
                         merged_at = std::time::Instant::now();
                     }
@@ -365,9 +393,9 @@ fn run(
             conn = None;
         }
         if outcome.is_ok() {
-            recent += links_in(&records);
+            merges.add(links_in(&records));
             if copied {
-                recent += links_in(&copies);
+                merges.add(links_in(&copies));
             }
         }
         if let (true, Ok(()), Some(through)) = (copied, &outcome, through) {
@@ -386,9 +414,9 @@ fn run(
         for done in completions {
             done(outcome.clone());
         }
-        if recent >= MERGE_AT {
+        if merges.due() {
             if let Some(c) = conn.as_mut() {
-                merge_links(c, &mut recent);
+                merges.merge(c);
                 merged_at = std::time::Instant::now();
             }
         }
@@ -514,30 +542,6 @@ fn start_checkpointer(url: &DatabaseUrl) -> Result<Checkpoints, StoreError> {
     Ok(Checkpoints { _stop: tx, restart })
 }
 
-fn links_in<R: std::borrow::Borrow<AuditRecord>>(recs: &[R]) -> u64 {
-    recs.iter().map(|r| r.borrow().patients.len() as u64).sum()
-}
-
-/// Moves the waiting audit links into the per-patient index (its own transaction, between
-/// batches). A failure leaves them waiting; searches read both tables.
-fn merge_links(conn: &mut DbConn, recent: &mut u64) {
-    // Everything waiting (one batch can bring more than `MERGE_AT`, e.g. searches naming many
-    // patients: the backlog never outgrows a batch).
-    let limit = (*recent).max(MERGE_AT);
-    match conn.transaction(|c| crate::audit::merge_recent(c, limit as usize)) {
-        Ok(moved) => {
-            *recent = recent.saturating_sub(moved);
-            if moved < limit {
-                // Everything there was: the count starts again from nothing.
-                *recent = 0;
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "merging the audit trail's patient links failed; will retry")
-        }
-    }
-}
-
 /// On the writer's connection, between batches (see `Checkpoints`).
 fn restart_wal(conn: &mut DbConn) {
     let outcome = conn
@@ -566,7 +570,8 @@ mod tests {
         let db = dir.path().join("wal.db");
         let url = DatabaseUrl::Sqlite(db.clone());
         url.migrate().expect("migrate");
-        let w = Writer::start(url.clone(), crate::cache::ReadCache::new(0), None).expect("writer");
+        let w =
+            Writer::start(url.clone(), crate::cache::ReadCache::new(0), None, 1).expect("writer");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
             let (url, stop) = (url.clone(), stop.clone());
