@@ -25,7 +25,10 @@ pub(crate) struct Merges {
 }
 
 impl Merges {
+    #[cfg(not(test))]
     pub(crate) const IDLE: Duration = Duration::from_secs(10);
+    #[cfg(test)]
+    pub(crate) const IDLE: Duration = Duration::from_millis(300);
 
     pub(crate) fn new(waiting: u64) -> Merges {
         Merges {

@@ -245,6 +245,12 @@ fn run(
     let mut pending: std::collections::VecDeque<journal::Copy> = Default::default();
     // The last copy failed: try again soon even if no new work arrives.
     let mut retry = false;
+    // Times the idle wait (without it, the writer still merges when work next arrives).
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| tracing::warn!(error = %e, "writer cannot start its idle timer"))
+        .ok();
     loop {
         let first = if pending.is_empty() {
             let job = match rx.try_recv() {
@@ -264,7 +270,26 @@ fn run(
             };
             match job {
                 Some(job) => Some(job),
-                None => match rx.blocking_recv() {
+                // Nothing to do: wait for work, merging the waiting links whenever the writer
+                // has been quiet for `Merges::IDLE` (so a service that goes quiet does not
+                // leave them staged indefinitely).
+                None => match loop {
+                    let next = match &timer {
+                        Some(t) => t.block_on(async {
+                            tokio::time::timeout(Merges::IDLE, rx.recv()).await
+                        }),
+                        None => Ok(rx.blocking_recv()),
+                    };
+                    match next {
+                        Ok(job) => break job,
+                        Err(_) => {
+                            if let Some(c) = conn.as_mut() {
+                                merges.merge(c);
+                            }
+                            merged_at = std::time::Instant::now();
+                        }
+                    }
+                } {
                     Some(job) => Some(job),
                     None => break,
                 },
@@ -606,5 +631,52 @@ mod tests {
             largest < 8 << 20,
             "the WAL reached {largest} bytes; it should start again near 1 MiB"
         );
+    }
+
+    /// Fewer links than a merge waits for, then nothing more: once the service has been quiet
+    /// for `Merges::IDLE` (300 ms under test) they are in the per-patient index all the same.
+    fn a_quiet_service_merges_its_waiting_links(url: &DatabaseUrl, journal: Option<PathBuf>) {
+        url.migrate().expect("migrate");
+        let w = Writer::start(url.clone(), crate::cache::ReadCache::new(0), journal, 1)
+            .expect("writer");
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            for i in 0..10 {
+                let rec = crate::testdb::audit_record(format!("q-{i}"), i, vec![format!("p{i}")]);
+                w.audit(rec).await.expect("audit");
+            }
+            w.audit_settled().await.expect("settled");
+        });
+        let mut conn = url.connect(false).expect("connect");
+        let merged = "SELECT COUNT(*) AS n FROM audit_patient";
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while crate::testdb::count(&mut conn, merged) < 10 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(crate::testdb::count(&mut conn, merged), 10);
+        assert_eq!(
+            crate::testdb::count(&mut conn, "SELECT COUNT(*) AS n FROM audit_patient_recent"),
+            0
+        );
+        drop(w);
+    }
+
+    #[test]
+    fn a_quiet_service_merges_its_waiting_links_on_sqlite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = DatabaseUrl::Sqlite(dir.path().join("quiet.db"));
+        a_quiet_service_merges_its_waiting_links(&url, None);
+    }
+
+    #[test]
+    fn a_quiet_service_merges_its_journaled_links_on_sqlite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = DatabaseUrl::Sqlite(dir.path().join("quiet.db"));
+        a_quiet_service_merges_its_waiting_links(&url, Some(dir.path().join("journal")));
+    }
+
+    #[test]
+    fn a_quiet_service_merges_its_waiting_links_on_postgres() {
+        crate::testdb::with_postgres(|url| a_quiet_service_merges_its_waiting_links(url, None));
     }
 }
