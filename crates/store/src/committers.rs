@@ -48,11 +48,12 @@ impl Committers {
             let conn = url
                 .connect(false)
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let timer = crate::merges::idle_timer()?;
             let (url, rx, merges, committed) =
                 (url.clone(), rx.clone(), merges.clone(), committed.clone());
             std::thread::Builder::new()
                 .name(format!("epaccs-audit-{n}"))
-                .spawn(move || run(url, conn, rx, merges, committed))
+                .spawn(move || run(url, conn, timer, rx, merges, committed))
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }
         Ok(Committers { tx })
@@ -69,8 +70,8 @@ impl Committers {
     }
 }
 
-/// The next batch, or None when every sender is gone. After `Merges::IDLE` with nothing to do,
-/// the waiting links are merged (by this thread, which holds the receiver: one at a time).
+/// The next batch, or None when every sender is gone. While waiting, the thread holding the
+/// receiver merges the waiting links when quiet (see `merges::next_or_merge`).
 fn next_batch(
     rx: &Mutex<mpsc::Receiver<Entry>>,
     timer: &tokio::runtime::Runtime,
@@ -78,17 +79,7 @@ fn next_batch(
     merges: &Merges,
 ) -> Option<Vec<Entry>> {
     let mut rx = rx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let first = loop {
-        match timer.block_on(async { tokio::time::timeout(Merges::IDLE, rx.recv()).await }) {
-            Ok(Some(entry)) => break entry,
-            Ok(None) => return None,
-            Err(_) => {
-                if let Some(c) = conn.as_mut() {
-                    merges.merge(c);
-                }
-            }
-        }
-    };
+    let first = crate::merges::next_or_merge(&mut rx, timer, conn, merges)?;
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
@@ -102,20 +93,11 @@ fn next_batch(
 fn run(
     url: DatabaseUrl,
     conn: DbConn,
+    timer: tokio::runtime::Runtime,
     rx: Arc<Mutex<mpsc::Receiver<Entry>>>,
     merges: Arc<Merges>,
     committed: Arc<tokio::sync::Notify>,
 ) {
-    let timer = match tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-    {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "audit committer cannot start its timer");
-            return;
-        }
-    };
     let mut conn = Some(conn);
     while let Some(batch) = next_batch(&rx, &timer, &mut conn, &merges) {
         if conn.is_none() {

@@ -88,6 +88,35 @@ impl Merges {
     }
 }
 
+/// A timer for `next_or_merge` (a thread of the store waits on a channel with it).
+pub(crate) fn idle_timer() -> Result<tokio::runtime::Runtime, crate::StoreError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| crate::StoreError::Unavailable(format!("cannot start a timer: {e}")))
+}
+
+/// Waits for the next item on `rx` (None once every sender is gone), merging the waiting links
+/// each time `Merges::IDLE` passes with nothing: a service that goes quiet does not leave them
+/// staged.
+pub(crate) fn next_or_merge<T>(
+    rx: &mut tokio::sync::mpsc::Receiver<T>,
+    timer: &tokio::runtime::Runtime,
+    conn: &mut Option<DbConn>,
+    merges: &Merges,
+) -> Option<T> {
+    loop {
+        match timer.block_on(async { tokio::time::timeout(Merges::IDLE, rx.recv()).await }) {
+            Ok(next) => return next,
+            Err(_) => {
+                if let Some(c) = conn.as_mut() {
+                    merges.merge(c);
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn links_in<R: std::borrow::Borrow<AuditRecord>>(recs: &[R]) -> u64 {
     recs.iter().map(|r| r.borrow().patients.len() as u64).sum()
 }

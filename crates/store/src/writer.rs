@@ -115,6 +115,7 @@ impl Writer {
             )?),
             _ => None,
         };
+        let timer = crate::merges::idle_timer()?;
         let checkpoints = if url.is_sqlite() {
             Some(start_checkpointer(&url)?)
         } else {
@@ -130,6 +131,7 @@ impl Writer {
                         committed: signal,
                         cache,
                         merges,
+                        timer,
                     };
                     run(url, conn, rx, shared, applied_tx, checkpoints)
                 }
@@ -224,6 +226,8 @@ struct Shared {
     committed: std::sync::Arc<tokio::sync::Notify>,
     cache: std::sync::Arc<ReadCache>,
     merges: std::sync::Arc<Merges>,
+    /// Times the idle wait (see `merges::next_or_merge`).
+    timer: tokio::runtime::Runtime,
 }
 
 fn run(
@@ -238,6 +242,7 @@ fn run(
         committed,
         cache,
         merges,
+        timer,
     } = shared;
     let mut conn = Some(conn);
     let mut merged_at = std::time::Instant::now();
@@ -245,12 +250,6 @@ fn run(
     let mut pending: std::collections::VecDeque<journal::Copy> = Default::default();
     // The last copy failed: try again soon even if no new work arrives.
     let mut retry = false;
-    // Times the idle wait (without it, the writer still merges when work next arrives).
-    let timer = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(|e| tracing::warn!(error = %e, "writer cannot start its idle timer"))
-        .ok();
     loop {
         let first = if pending.is_empty() {
             let job = match rx.try_recv() {
@@ -270,26 +269,8 @@ fn run(
             };
             match job {
                 Some(job) => Some(job),
-                // Nothing to do: wait for work, merging the waiting links whenever the writer
-                // has been quiet for `Merges::IDLE` (so a service that goes quiet does not
-                // leave them staged indefinitely).
-                None => match loop {
-                    let next = match &timer {
-                        Some(t) => t.block_on(async {
-                            tokio::time::timeout(Merges::IDLE, rx.recv()).await
-                        }),
-                        None => Ok(rx.blocking_recv()),
-                    };
-                    match next {
-                        Ok(job) => break job,
-                        Err(_) => {
-                            if let Some(c) = conn.as_mut() {
-                                merges.merge(c);
-                            }
-                            merged_at = std::time::Instant::now();
-                        }
-                    }
-                } {
+                // Nothing to do: wait for work (merging when quiet).
+                None => match crate::merges::next_or_merge(&mut rx, &timer, &mut conn, &merges) {
                     Some(job) => Some(job),
                     None => break,
                 },
