@@ -297,7 +297,7 @@ async fn run() {
         base_url: None,
         workers: 2,
         pool_size: 16,
-        read_cache_mb: 256,
+        read_cache_mb: env_num("EPACCS_READ_CACHE_MB", 256),
         rules: epaccs_access::Rules::default(),
         limits: epaccs_api::Limits::default(),
         notify: epaccs_notify::NotifyOptions::default(),
