@@ -79,7 +79,8 @@ pub fn merge_recent(conn: &mut DbConn, limit: usize) -> Result<u64, StoreError> 
     if n == 0 {
         return Ok(0);
     }
-    // A link already in the index (it cannot be, but a merge must never fail on it) is skipped.
+    // Either way, a link already in the index (it cannot be, but a merge must never fail on
+    // it) is skipped.
     if matches!(conn, DbConn::Pg(_)) {
         // One statement, so one snapshot: links committed meanwhile by the audit committers
         // (see `committers`) are either moved or left, never deleted unmerged; a merge running

@@ -25,9 +25,8 @@ enum Job {
         /// May change clinical data or sharing facts: the read cache is emptied after its batch.
         changes_data: bool,
     },
-    /// An audit record: all of a batch's are appended together, a few statements per batch
-    /// rather than two per record (one round trip each on PostgreSQL). Used when there is no
-    /// audit journal.
+    /// An audit record: all of a batch's are appended together. Used on SQLite without an
+    /// audit journal (PostgreSQL without one has its audit committers).
     Audit(Box<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
     /// Records already durable in the audit journal, to copy into the audit tables. Nobody
     /// waits for this: a copy that fails is kept and tried again with the next batch.
@@ -151,10 +150,10 @@ impl Writer {
     }
 
     /// Makes an audit record durable: appended to the audit journal when there is one (copied
-    /// into the audit tables behind the request), otherwise in the next batch. Resolves once
-    /// it is on disk. Without a journal the batch's records are inserted together, with no
-    /// savepoint: if that fails on PostgreSQL the whole batch fails and every caller in it is
-    /// answered 503, so nothing is lost or claimed durable that is not.
+    /// into the audit tables behind the request); otherwise committed in the audit committers'
+    /// next batch (PostgreSQL) or the writer's (SQLite). Resolves once it is on disk. If the
+    /// insert or the commit fails, every caller in that batch is answered 503, so nothing is
+    /// claimed durable that is not.
     pub async fn audit(&self, rec: AuditRecord) -> Result<(), StoreError> {
         if let Some(j) = &self.journal {
             return j.append(rec).await;
