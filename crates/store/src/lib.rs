@@ -13,6 +13,7 @@ mod merges;
 pub mod outbox;
 pub mod resources;
 pub mod search;
+mod settle;
 mod writer;
 
 /// A fresh database on the local PostgreSQL for unit tests (`EPACCS_TEST_POSTGRES`, as the API

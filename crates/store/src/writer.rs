@@ -1,6 +1,8 @@
 //! Group commit: one writer thread owns the write connection. Each job runs in its own savepoint
 //! inside a shared transaction; the batch commits once (one fsync) and every job is answered only
-//! after that commit. A 2xx therefore always means durable, and many writers share one fsync.
+//! once that commit is on disk (on SQLite the sync is made by a thread of its own while the writer
+//! goes on with the next batch: see `settle`). A 2xx therefore always means durable, and many
+//! writers share one fsync.
 
 use crate::cache::ReadCache;
 use crate::committers::Committers;
@@ -8,6 +10,7 @@ use crate::db::{DatabaseUrl, DbConn};
 use crate::instance;
 use crate::journal::{self, Journal};
 use crate::merges::{links_in, Merges};
+use crate::settle::{Completion, Publish, Settle, Settler};
 use crate::StoreError;
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
@@ -16,7 +19,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Work = Box<dyn FnOnce(&mut DbConn) -> Completion + Send>;
 
 enum Job {
@@ -100,7 +102,21 @@ impl Writer {
             _ => None,
         };
         let committed = std::sync::Arc::new(tokio::sync::Notify::new());
-        let signal = committed.clone();
+        let publish = Publish {
+            applied: applied_tx,
+            committed: committed.clone(),
+        };
+        let settler = match &url {
+            DatabaseUrl::Sqlite(path) => {
+                // From here on the settling thread makes each commit durable (see `settle`).
+                conn.batch_execute("PRAGMA synchronous = NORMAL")
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let mut wal = path.clone().into_os_string();
+                wal.push("-wal");
+                Settler::start(PathBuf::from(wal), publish)?
+            }
+            DatabaseUrl::Postgres(_) => Settler::Inline(publish),
+        };
         // Links waiting to be merged, counted at start (see `merges`).
         let merges = std::sync::Arc::new(Merges::new(
             crate::audit::recent_links(&mut conn).unwrap_or(0),
@@ -127,12 +143,11 @@ impl Writer {
                 move || {
                     let _held = lock_file;
                     let shared = Shared {
-                        committed: signal,
                         cache,
                         merges,
                         timer,
                     };
-                    run(url, conn, rx, shared, applied_tx, checkpoints)
+                    run(url, conn, rx, shared, settler, checkpoints)
                 }
             })
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
@@ -221,8 +236,6 @@ pub(crate) async fn answer<T>(
 
 /// What the writer thread shares with the rest of the store.
 struct Shared {
-    /// Signalled after a committed batch that enqueued notifications.
-    committed: std::sync::Arc<tokio::sync::Notify>,
     cache: std::sync::Arc<ReadCache>,
     merges: std::sync::Arc<Merges>,
     /// Times the idle wait (see `merges::next_or_merge`).
@@ -234,11 +247,10 @@ fn run(
     conn: DbConn,
     mut rx: mpsc::Receiver<Job>,
     shared: Shared,
-    applied: watch::Sender<u64>,
+    settler: Settler,
     checkpoints: Option<Checkpoints>,
 ) {
     let Shared {
-        committed,
         cache,
         merges,
         timer,
@@ -301,6 +313,16 @@ fn run(
                 None
             };
         }
+        if settler.failed() {
+            // Dropping the jobs answers them 503. What the journal handed over stays in the
+            // journal, to be copied at the next start.
+            tracing::error!(
+                jobs = jobs.len(),
+                "writes refused: the database could not make a write durable; restart the service"
+            );
+            pending.clear();
+            continue;
+        }
         if conn.is_none() {
             // A new PostgreSQL session must take the instance lock again; if another instance
             // took it meanwhile, this one keeps refusing writes.
@@ -337,22 +359,37 @@ fn run(
         }
         let through = taken.last().map(|c| c.through);
         let copies: Vec<&AuditRecord> = taken.iter().flat_map(|c| c.records.iter()).collect();
+        // Journal copies handed over while this batch took in more jobs (for the next batch).
+        let mut late: Vec<journal::Copy> = Vec::new();
         let result = c.transaction::<(), diesel::result::Error, _>(|c| {
+            let mut run_job = |c: &mut DbConn, job: Job| match job {
+                Job::Work {
+                    work,
+                    changes_data: d,
+                } => {
+                    changes_data |= d;
+                    completions.push(work(c));
+                }
+                Job::Audit(rec, done) => {
+                    records.push(*rec);
+                    audited.push(done);
+                }
+                Job::Copy(copy) => late.push(copy),
+            };
+            let mut n = jobs.len();
             for job in jobs {
-                match job {
-                    Job::Work {
-                        work,
-                        changes_data: d,
-                    } => {
-                        changes_data |= d;
-                        completions.push(work(c));
+                run_job(c, job);
+            }
+            // While the last batch is still being synced (SQLite), more jobs join this one:
+            // they are run now, overlapping the disk's work, and share this commit, so batches
+            // stay as large as when the writer waited for the sync itself.
+            while !alone && n < MAX_BATCH {
+                match settler.next_while_syncing(&mut rx, &timer) {
+                    Some(job) => {
+                        run_job(c, job);
+                        n += 1;
                     }
-                    Job::Audit(rec, done) => {
-                        records.push(*rec);
-                        audited.push(done);
-                    }
-                    // Taken out of the batch above.
-                    Job::Copy(_) => {}
+                    None => break,
                 }
             }
             if let Some(through) = through {
@@ -403,22 +440,27 @@ fn run(
                 merges.add(links_in(&copies));
             }
         }
-        if let (true, Ok(()), Some(through)) = (copied, &outcome, through) {
-            applied.send_replace(through);
+        pending.extend(late);
+        let applied = if let (true, Ok(()), Some(through)) = (copied, &outcome, through) {
             retry = false;
-        } else if !taken.is_empty() {
-            // Not copied: first in line again.
-            for c in taken.into_iter().rev() {
-                pending.push_front(c);
+            Some(through)
+        } else {
+            if !taken.is_empty() {
+                // Not copied: first in line again.
+                for c in taken.into_iter().rev() {
+                    pending.push_front(c);
+                }
+                retry = true;
             }
-            retry = true;
-        }
-        if crate::outbox::ENQUEUED.with(|e| e.replace(false)) && outcome.is_ok() {
-            committed.notify_one();
-        }
-        for done in completions {
-            done(outcome.clone());
-        }
+            None
+        };
+        let notify = crate::outbox::ENQUEUED.with(|e| e.replace(false)) && outcome.is_ok();
+        settler.settle(Settle {
+            outcome,
+            completions,
+            applied,
+            notify,
+        });
         if merges.due() {
             if let Some(c) = conn.as_mut() {
                 merges.merge(c);
