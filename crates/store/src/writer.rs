@@ -546,6 +546,11 @@ struct WalState {
 /// 270 ms on the p99 of creates).
 const RESTART_BEHIND_FRAMES: i32 = 256;
 
+/// Before asking for a RESTART, further PASSIVE checkpoints copy what was written during the one
+/// that qualified, at most this many, stopping at the first that takes less than `CATCH_UP_QUICK`.
+const CATCH_UP_PASSES: usize = 4;
+const CATCH_UP_QUICK: Duration = Duration::from_millis(5);
+
 /// 64 MiB of 2 KiB pages (1 MiB in unit tests).
 #[cfg(not(test))]
 const WAL_RESTART_FRAMES: i32 = 32_768;
@@ -572,6 +577,20 @@ fn start_checkpointer(url: &DatabaseUrl) -> Result<Checkpoints, StoreError> {
                                 r.log >= WAL_RESTART_FRAMES
                                     && r.log - r.checkpointed <= RESTART_BEHIND_FRAMES
                             }) {
+                                // `log` is the WAL's length when that checkpoint began: what the
+                                // writer appended while it ran is not copied yet, and the RESTART
+                                // would copy it with the writer stopped (measured: restarts of
+                                // 150-200 ms, creates' p99 130-136 ms; with these passes, 64-77
+                                // ms). Copy it here first, while the writer goes on, until a pass
+                                // is quick.
+                                for _ in 0..CATCH_UP_PASSES {
+                                    let began = std::time::Instant::now();
+                                    if crate::db::load::<WalState>(&mut conn, &passive).is_err()
+                                        || began.elapsed() < CATCH_UP_QUICK
+                                    {
+                                        break;
+                                    }
+                                }
                                 wanted.store(true, std::sync::atomic::Ordering::Relaxed);
                             }
                         }
