@@ -81,7 +81,9 @@ impl DatabaseUrl {
                     .ok_or_else(|| ConnError::Setup("the SQLite path is not UTF-8".into()))?;
                 let mut c = SqliteConnection::establish(p)?;
                 // WAL: readers never block the writer. synchronous=FULL: every commit is fsync'd,
-                // so an acknowledged write survives power loss; group commit keeps it fast.
+                // so an acknowledged write survives power loss; group commit keeps it fast. (The
+                // group-commit writer switches to NORMAL once its settling thread syncs each batch
+                // before anyone is answered: see `settle`.)
                 c.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")?;
                 if writer {
                     // 2 KiB pages (new databases only; an existing file keeps its own): every

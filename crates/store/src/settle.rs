@@ -223,15 +223,15 @@ impl Wal {
         // it back, but a descriptor of a file that had been replaced would sync nothing useful:
         // open it again if the path names another file.
         let ino = std::fs::metadata(&self.path)?.ino();
-        if self.file.as_ref().is_none_or(|(_, open)| *open != ino) {
-            let file = File::open(&self.path)?;
-            let opened = file.metadata()?.ino();
-            self.file = Some((file, opened));
-        }
-        match &self.file {
-            Some((file, _)) => file.sync_data(),
-            None => Ok(()),
-        }
+        let file = match &self.file {
+            Some((file, open)) if *open == ino => file,
+            _ => {
+                let file = File::open(&self.path)?;
+                let opened = file.metadata()?.ino();
+                &self.file.insert((file, opened)).0
+            }
+        };
+        file.sync_data()
     }
 }
 

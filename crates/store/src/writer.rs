@@ -571,30 +571,8 @@ fn start_checkpointer(url: &DatabaseUrl) -> Result<Checkpoints, StoreError> {
         .spawn(move || loop {
             match rx.recv_timeout(CHECKPOINT_EVERY) {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    match crate::db::load::<WalState>(&mut conn, &passive) {
-                        Ok(rows) => {
-                            if rows.first().is_some_and(|r| {
-                                r.log >= WAL_RESTART_FRAMES
-                                    && r.log - r.checkpointed <= RESTART_BEHIND_FRAMES
-                            }) {
-                                // `log` is the WAL's length when that checkpoint began: what the
-                                // writer appended while it ran is not copied yet, and the RESTART
-                                // would copy it with the writer stopped (measured: restarts of
-                                // 150-200 ms, creates' p99 130-136 ms; with these passes, 64-77
-                                // ms). Copy it here first, while the writer goes on, until a pass
-                                // is quick.
-                                for _ in 0..CATCH_UP_PASSES {
-                                    let began = std::time::Instant::now();
-                                    if crate::db::load::<WalState>(&mut conn, &passive).is_err()
-                                        || began.elapsed() < CATCH_UP_QUICK
-                                    {
-                                        break;
-                                    }
-                                }
-                                wanted.store(true, std::sync::atomic::Ordering::Relaxed);
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
+                    if checkpoint(&mut conn, &passive) {
+                        wanted.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 // The writer has stopped: one last checkpoint, then end.
@@ -606,6 +584,35 @@ fn start_checkpointer(url: &DatabaseUrl) -> Result<Checkpoints, StoreError> {
         })
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     Ok(Checkpoints { _stop: tx, restart })
+}
+
+/// One PASSIVE checkpoint; true when the writer should now RESTART the WAL.
+fn checkpoint(conn: &mut DbConn, passive: &crate::db::Sql) -> bool {
+    let rows = match crate::db::load::<WalState>(conn, passive) {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+            return false;
+        }
+    };
+    let due = rows.first().is_some_and(|r| {
+        r.log >= WAL_RESTART_FRAMES && r.log - r.checkpointed <= RESTART_BEHIND_FRAMES
+    });
+    if due {
+        // `log` is the WAL's length when that checkpoint began: what the writer appended while
+        // it ran is not copied yet, and the RESTART would copy it with the writer stopped
+        // (measured: restarts of 150-200 ms, creates' p99 130-136 ms; with these passes, 64-77
+        // ms). Copy it here first, while the writer goes on, until a pass is quick.
+        for _ in 0..CATCH_UP_PASSES {
+            let began = std::time::Instant::now();
+            if crate::db::load::<WalState>(conn, passive).is_err()
+                || began.elapsed() < CATCH_UP_QUICK
+            {
+                break;
+            }
+        }
+    }
+    due
 }
 
 /// On the writer's connection, between batches (see `Checkpoints`).
