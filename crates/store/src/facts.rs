@@ -58,6 +58,9 @@ fn organisation_ods(conn: &mut DbConn, id: &str) -> Option<String> {
         .map(|o| o.to_string())
 }
 
+/// The resource types the sharing facts are computed from.
+pub(crate) const FEEDS_FACTS: [&str; 3] = ["Patient", "Consent", "CareTeam"];
+
 /// After a write to `key`'s record by `org` (None for a delete): recompute the facts when the
 /// written type affects them or a new organisation joined the writers.
 pub(crate) fn after_write(
@@ -71,7 +74,7 @@ pub(crate) fn after_write(
     }
     let mut facts = load_facts(conn, key)?;
     let new_writer = org.is_some_and(|o| !facts.writer_orgs.contains(o));
-    if !new_writer && !matches!(ty, "Patient" | "Consent" | "CareTeam") {
+    if !new_writer && !FEEDS_FACTS.contains(&ty) {
         return Ok(());
     }
     let mut writers = std::mem::take(&mut facts.writer_orgs);

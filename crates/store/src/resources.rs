@@ -633,7 +633,9 @@ fn insert_new(conn: &mut DbConn, gate: &Gate, id: &str, put: Put) -> Result<Writ
     )?;
     insert_index(conn, put.kind.name, id, &index)?;
     if let Some(k) = &key {
-        facts::after_write(conn, k, put.kind.name, Some(&org))?;
+        if !facts_unchanged(&facts, put.kind.name, &org) {
+            facts::after_write(conn, k, put.kind.name, Some(&org))?;
+        }
     }
     after_write(conn, gate, put.kind.name, id, 1, &content, "create")?;
     let stored = Stored {
@@ -649,6 +651,13 @@ fn insert_new(conn: &mut DbConn, gate: &Gate, id: &str, put: Put) -> Result<Writ
         stored,
         status: WriteStatus::Created,
     })
+}
+
+/// Whether a write of a `ty` by `org` leaves the person's sharing facts (`facts`, read in the
+/// same transaction) as they are: the type does not feed them and `org` already wrote to the
+/// record. `facts::after_write` would then change nothing, so the write skips it.
+fn facts_unchanged(facts: &PatientFacts, ty: &str, org: &str) -> bool {
+    !facts::FEEDS_FACTS.contains(&ty) && facts.writer_orgs.contains(org)
 }
 
 /// A resource that names its patient by NHS number (or through another resource) is indexed
@@ -854,7 +863,9 @@ fn update(
     delete_index(conn, put.kind.name, id)?;
     insert_index(conn, put.kind.name, id, &index)?;
     if let Some(k) = &key {
-        facts::after_write(conn, k, put.kind.name, Some(&org))?;
+        if key != current.patient_key || !facts_unchanged(&facts, put.kind.name, &org) {
+            facts::after_write(conn, k, put.kind.name, Some(&org))?;
+        }
     }
     after_write(conn, gate, put.kind.name, id, version, &content, "update")?;
     let stored = Stored {
@@ -980,6 +991,21 @@ fn insert_version(
 }
 
 fn delete_index(conn: &mut DbConn, ty: &str, id: &str) -> Result<(), StoreError> {
+    if matches!(conn, DbConn::Pg(_)) {
+        // One round trip: every table's rows deleted by one statement.
+        let mut sql = Sql::new("WITH t AS (DELETE FROM search_token WHERE res_type = ");
+        sql.text(ty).push(" AND id = ").text(id);
+        for table in ["search_string", "search_date", "search_reference"] {
+            sql.push(&format!(
+                "), {table}_gone AS (DELETE FROM {table} WHERE res_type = "
+            ));
+            sql.text(ty).push(" AND id = ").text(id);
+        }
+        sql.push(") DELETE FROM search_quantity WHERE res_type = ");
+        sql.text(ty).push(" AND id = ").text(id);
+        execute(conn, &sql)?;
+        return Ok(());
+    }
     for table in [
         "search_token",
         "search_string",
@@ -994,8 +1020,41 @@ fn delete_index(conn: &mut DbConn, ty: &str, id: &str) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Writes index rows as multi-row INSERTs, one statement per table (in chunks).
+/// Writes index rows: on PostgreSQL, where each statement is a round trip, all of them with one
+/// statement; on SQLite as multi-row INSERTs, one statement per table (in chunks).
 fn insert_index(conn: &mut DbConn, ty: &str, id: &str, rows: &IndexRows) -> Result<(), StoreError> {
+    if let DbConn::Pg(pg) = conn {
+        crate::db::PgIndexInsert {
+            res_type: ty,
+            id,
+            token_params: rows.tokens.iter().map(|t| t.param.as_str()).collect(),
+            token_systems: rows.tokens.iter().map(|t| t.system.as_str()).collect(),
+            token_codes: rows.tokens.iter().map(|t| t.code.as_str()).collect(),
+            string_params: rows.strings.iter().map(|t| t.param.as_str()).collect(),
+            string_values: rows.strings.iter().map(|t| t.value.as_str()).collect(),
+            string_raws: rows.strings.iter().map(|t| t.raw.as_str()).collect(),
+            date_params: rows.dates.iter().map(|t| t.param.as_str()).collect(),
+            date_lows: rows.dates.iter().map(|t| t.low).collect(),
+            date_highs: rows.dates.iter().map(|t| t.high).collect(),
+            quantity_params: rows.quantities.iter().map(|t| t.param.as_str()).collect(),
+            quantity_values: rows.quantities.iter().map(|t| t.value).collect(),
+            quantity_systems: rows.quantities.iter().map(|t| t.system.as_str()).collect(),
+            quantity_codes: rows.quantities.iter().map(|t| t.code.as_str()).collect(),
+            ref_params: rows.references.iter().map(|t| t.param.as_str()).collect(),
+            ref_types: rows
+                .references
+                .iter()
+                .map(|t| t.target_type.as_str())
+                .collect(),
+            ref_ids: rows
+                .references
+                .iter()
+                .map(|t| t.target_id.as_str())
+                .collect(),
+        }
+        .execute(pg)?;
+        return Ok(());
+    }
     fn multi<T>(
         conn: &mut DbConn,
         head: &str,

@@ -641,7 +641,9 @@ mod tests {
         let mut header = [0u8; 16];
         std::fs::File::open(wal)
             .and_then(|f| std::io::Read::read_exact(&mut &f, &mut header))
-            .map_or(0, |()| u32::from_be_bytes([header[12], header[13], header[14], header[15]]))
+            .map_or(0, |()| {
+                u32::from_be_bytes([header[12], header[13], header[14], header[15]])
+            })
     }
 
     /// With a reader always busy, the WAL is still started again, over and over, instead of
