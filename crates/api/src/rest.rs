@@ -182,7 +182,9 @@ fn fhir_body(body: &Body) -> Result<Value, ApiError> {
     Ok(validate::parse_json(&body.bytes)?)
 }
 
-/// Runs a write and its audit record in one transaction of the group commit.
+/// Runs a write and its audit record in one transaction of the group commit. A write that fails
+/// leaves nothing behind (its savepoint is rolled back), and its audit record is then made
+/// durable on the audit path of reads, before the refusal is answered.
 pub async fn write_audited(
     state: &AppState,
     caller: &Caller,
@@ -201,21 +203,26 @@ pub async fn write_audited(
     let gate = caller.gate.clone();
     let target = caller.target.clone();
     let ty_owned = ty.to_string();
-    let result = state
+    let written = state
         .store
         .write(move |c| {
-            let r = epaccs_store::savepoint(c, |c| resources::apply(c, &gate, op));
-            let api = r.clone().map(|_| ()).map_err(ApiError::from);
-            let probe = Caller {
-                gate: gate.clone(),
-                target,
-            };
-            let rec = probe.audit_record(interaction, Some(&ty_owned), &api.as_ref().map(|_| ()));
+            let w = resources::apply(c, &gate, op)?;
+            let probe = Caller { gate, target };
+            let rec = probe.audit_record(interaction, Some(&ty_owned), &Ok(()));
             audit::insert(c, &rec)?;
-            Ok(r)
+            Ok(w)
         })
-        .await?;
-    Ok(result?)
+        .await;
+    match written {
+        Ok(w) => Ok(w),
+        Err(e) => {
+            caller
+                .audited(state, interaction, Some(ty), async {
+                    Err(ApiError::from(e))
+                })
+                .await
+        }
+    }
 }
 
 fn write_response(state: &AppState, req: &HttpRequest, w: &Written) -> HttpResponse {

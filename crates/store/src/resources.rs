@@ -553,6 +553,32 @@ fn resolve_patient(
     }
 }
 
+/// The sharing facts of `Patient/{pid}`, which a new resource names as its person; refused
+/// (422) if there is no such live Patient.
+fn live_patient_facts(
+    conn: &mut DbConn,
+    kind: &ResourceKind,
+    pid: &str,
+) -> Result<PatientFacts, StoreError> {
+    #[derive(QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = Nullable<Text>)]
+        facts: Option<String>,
+    }
+    let mut sql = Sql::new("SELECT pa.facts FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.id WHERE r.res_type = 'Patient' AND r.deleted = FALSE AND r.id = ");
+    sql.text(pid);
+    match load::<Found>(conn, &sql)?.pop() {
+        Some(found) => parse_facts(found.facts.as_deref()),
+        None => {
+            let element = kind.patient_elements.first().copied().unwrap_or("subject");
+            Err(StoreError::unprocessable(
+                format!("{}.{element}", kind.name),
+                format!("Patient/{pid} does not exist"),
+            ))
+        }
+    }
+}
+
 /// Live Patient ids carrying this NHS number.
 pub fn patients_by_nhs(conn: &mut DbConn, n: &NhsNumber) -> Result<Vec<String>, StoreError> {
     let mut sql = Sql::new("SELECT t.id FROM search_token t JOIN resource r ON r.res_type = t.res_type AND r.id = t.id WHERE t.res_type = 'Patient' AND t.param = 'identifier' AND t.system = ");
@@ -594,10 +620,18 @@ fn load_facts(conn: &mut DbConn, key: &str) -> Result<PatientFacts, StoreError> 
 }
 
 fn insert_new(conn: &mut DbConn, gate: &Gate, id: &str, put: Put) -> Result<Written, StoreError> {
-    let key = resolve_patient(conn, put.kind, &put.link, id)?;
-    let facts = match &key {
-        Some(k) if put.kind.name != "Patient" || k != id => load_facts(conn, k)?,
-        _ => PatientFacts::default(),
+    let (key, facts) = match &put.link {
+        // The common case (`subject: Patient/{id}`): that the person exists and their sharing
+        // facts, with one query.
+        PatientLink::Patient(pid) => (Some(pid.clone()), live_patient_facts(conn, put.kind, pid)?),
+        link => {
+            let key = resolve_patient(conn, put.kind, link, id)?;
+            let facts = match &key {
+                Some(k) if put.kind.name != "Patient" || k != id => load_facts(conn, k)?,
+                _ => PatientFacts::default(),
+            };
+            (key, facts)
+        }
     };
     deny_write(gate.check_write(key.as_deref().map(|k| (k, &facts)), put.kind.name, id, None))?;
     check_unique_person(conn, &put, id)?;
@@ -618,9 +652,7 @@ fn insert_new(conn: &mut DbConn, gate: &Gate, id: &str, put: Put) -> Result<Writ
         .push(", ")
         .text(content.clone())
         .push(")");
-    execute(conn, &sql)?;
-    insert_version(
-        conn,
+    let version = version_sql(
         put.kind.name,
         id,
         1,
@@ -630,7 +662,16 @@ fn insert_new(conn: &mut DbConn, gate: &Gate, id: &str, put: Put) -> Result<Writ
         now,
         put.method,
         &content,
-    )?;
+    );
+    if matches!(conn, DbConn::Pg(_)) {
+        // One round trip for the resource and its first version.
+        let mut both = Sql::new("WITH r AS (");
+        both.append(&sql).push(") ").append(&version);
+        execute(conn, &both)?;
+    } else {
+        execute(conn, &sql)?;
+        execute(conn, &version)?;
+    }
     insert_index(conn, put.kind.name, id, &index)?;
     if let Some(k) = &key {
         if !facts_unchanged(&facts, put.kind.name, &org) {
@@ -967,6 +1008,24 @@ fn insert_version(
     method: &str,
     content: &str,
 ) -> Result<(), StoreError> {
+    let sql = version_sql(ty, id, version, key, org, deleted, now, method, content);
+    execute(conn, &sql)?;
+    Ok(())
+}
+
+/// The INSERT of one row of `resource_version`.
+#[allow(clippy::too_many_arguments)]
+fn version_sql(
+    ty: &str,
+    id: &str,
+    version: i64,
+    key: Option<&str>,
+    org: &str,
+    deleted: bool,
+    now: i64,
+    method: &str,
+    content: &str,
+) -> Sql {
     let mut sql = Sql::new("INSERT INTO resource_version (res_type, id, version_id, patient_key, writer_org, deleted, last_updated, method, content) VALUES (");
     sql.text(ty)
         .push(", ")
@@ -986,8 +1045,7 @@ fn insert_version(
         .push(", ")
         .text(content)
         .push(")");
-    execute(conn, &sql)?;
-    Ok(())
+    sql
 }
 
 fn delete_index(conn: &mut DbConn, ty: &str, id: &str) -> Result<(), StoreError> {
