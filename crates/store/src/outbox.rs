@@ -196,11 +196,28 @@ pub fn enqueue_matches(
     version: i64,
     event: &str,
 ) -> Result<(), StoreError> {
+    let subs: Vec<Subscription> = load(conn, &active_subscriptions(ty))?;
+    enqueue_for(conn, subs, ty, id, version, event)
+}
+
+/// The query for the active subscriptions to resources of type `ty`.
+pub(crate) fn active_subscriptions(ty: &str) -> Sql {
     let mut sql = Sql::new(&format!(
         "SELECT {SUB_COLUMNS} FROM subscription WHERE status = 'active' AND criteria_type = "
     ));
     sql.text(ty);
-    let subs: Vec<Subscription> = load(conn, &sql)?;
+    sql
+}
+
+/// As `enqueue_matches`, with the active subscriptions to `ty` already read in this transaction.
+pub(crate) fn enqueue_for(
+    conn: &mut DbConn,
+    subs: Vec<Subscription>,
+    ty: &str,
+    id: &str,
+    version: i64,
+    event: &str,
+) -> Result<(), StoreError> {
     for s in subs {
         let query = s.criteria.split_once('?').map(|(_, q)| q).unwrap_or("");
         let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())

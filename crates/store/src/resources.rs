@@ -663,22 +663,34 @@ fn insert_new(conn: &mut DbConn, gate: &Gate, id: &str, put: Put) -> Result<Writ
         put.method,
         &content,
     );
-    if matches!(conn, DbConn::Pg(_)) {
-        // One round trip for the resource and its first version.
-        let mut both = Sql::new("WITH r AS (");
-        both.append(&sql).push(") ").append(&version);
-        execute(conn, &both)?;
+    let subscriptions = if matches!(conn, DbConn::Pg(_)) {
+        // One round trip for the resource, its first version, and the subscriptions that may
+        // be notified of it (matched against it below, once it is indexed).
+        let mut all = Sql::new("WITH r AS (");
+        all.append(&sql)
+            .push("), v AS (")
+            .append(&version)
+            .push(") ")
+            .append(&crate::outbox::active_subscriptions(put.kind.name));
+        Some(load::<crate::outbox::Subscription>(conn, &all)?)
     } else {
         execute(conn, &sql)?;
         execute(conn, &version)?;
-    }
+        None
+    };
     insert_index(conn, put.kind.name, id, &index)?;
     if let Some(k) = &key {
         if !facts_unchanged(&facts, put.kind.name, &org) {
             facts::after_write(conn, k, put.kind.name, Some(&org))?;
         }
     }
-    after_write(conn, gate, put.kind.name, id, 1, &content, "create")?;
+    match subscriptions {
+        Some(subs) => {
+            crate::outbox::enqueue_for(conn, subs, put.kind.name, id, 1, "create")?;
+            subscription_written(conn, gate, put.kind.name, id, &content)?;
+        }
+        None => after_write(conn, gate, put.kind.name, id, 1, &content, "create")?,
+    }
     let stored = Stored {
         resource_type: put.kind.name.to_string(),
         id: id.to_string(),
@@ -735,6 +747,17 @@ fn after_write(
     event: &str,
 ) -> Result<(), StoreError> {
     crate::outbox::enqueue_matches(conn, ty, id, version, event)?;
+    subscription_written(conn, gate, ty, id, content)
+}
+
+/// The delivery state of a written Subscription (nothing for other types).
+fn subscription_written(
+    conn: &mut DbConn,
+    gate: &Gate,
+    ty: &str,
+    id: &str,
+    content: &str,
+) -> Result<(), StoreError> {
     if ty == "Subscription" {
         let value: Value =
             serde_json::from_str(content).map_err(|e| StoreError::Internal(e.to_string()))?;
