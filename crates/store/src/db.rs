@@ -444,9 +444,12 @@ impl PgAuditAppend<'_> {
 }
 
 /// PostgreSQL: every index row of one resource version, for all five index tables, inserted by
-/// one statement with array parameters (one round trip instead of one per table; the text never
-/// changes, so it is prepared once per connection). Empty arrays insert nothing.
+/// one statement with array parameters (one round trip instead of one per table; the text takes
+/// two forms, so it is prepared once per connection). Empty arrays insert nothing.
 pub(crate) struct PgIndexInsert<'a> {
+    /// First delete the resource's existing rows in every table (same statement, same
+    /// snapshot: the deletes never see the rows it inserts).
+    pub replace: bool,
     pub res_type: &'a str,
     pub id: &'a str,
     pub token_params: Vec<&'a str>,
@@ -494,10 +497,29 @@ impl QueryFragment<Pg> for PgIndexInsert<'_> {
             }
             Ok(())
         }
+        out.push_sql("WITH ");
+        if self.replace {
+            for table in [
+                "search_token",
+                "search_string",
+                "search_date",
+                "search_quantity",
+                "search_reference",
+            ] {
+                out.push_sql(table);
+                out.push_sql("_old AS (DELETE FROM ");
+                out.push_sql(table);
+                out.push_sql(" WHERE res_type = ");
+                out.push_bind_param::<Text, _>(&self.res_type)?;
+                out.push_sql(" AND id = ");
+                out.push_bind_param::<Text, _>(&self.id)?;
+                out.push_sql("), ");
+            }
+        }
         owner(
             &mut out,
             self,
-            "WITH t AS (INSERT INTO search_token (res_type, id, param, system, code)",
+            "t AS (INSERT INTO search_token (res_type, id, param, system, code)",
         )?;
         texts(
             &mut out,

@@ -924,8 +924,7 @@ fn update(
         put.method,
         &content,
     )?;
-    delete_index(conn, put.kind.name, id)?;
-    insert_index(conn, put.kind.name, id, &index)?;
+    replace_index(conn, put.kind.name, id, &index)?;
     if let Some(k) = &key {
         if key != current.patient_key || !facts_unchanged(&facts, put.kind.name, &org) {
             facts::after_write(conn, k, put.kind.name, Some(&org))?;
@@ -1101,39 +1100,66 @@ fn delete_index(conn: &mut DbConn, ty: &str, id: &str) -> Result<(), StoreError>
     Ok(())
 }
 
+/// The PostgreSQL statement writing `rows` (first deleting the resource's old rows if `replace`).
+fn pg_index<'a>(
+    ty: &'a str,
+    id: &'a str,
+    rows: &'a IndexRows,
+    replace: bool,
+) -> crate::db::PgIndexInsert<'a> {
+    crate::db::PgIndexInsert {
+        replace,
+        res_type: ty,
+        id,
+        token_params: rows.tokens.iter().map(|t| t.param.as_str()).collect(),
+        token_systems: rows.tokens.iter().map(|t| t.system.as_str()).collect(),
+        token_codes: rows.tokens.iter().map(|t| t.code.as_str()).collect(),
+        string_params: rows.strings.iter().map(|t| t.param.as_str()).collect(),
+        string_values: rows.strings.iter().map(|t| t.value.as_str()).collect(),
+        string_raws: rows.strings.iter().map(|t| t.raw.as_str()).collect(),
+        date_params: rows.dates.iter().map(|t| t.param.as_str()).collect(),
+        date_lows: rows.dates.iter().map(|t| t.low).collect(),
+        date_highs: rows.dates.iter().map(|t| t.high).collect(),
+        quantity_params: rows.quantities.iter().map(|t| t.param.as_str()).collect(),
+        quantity_values: rows.quantities.iter().map(|t| t.value).collect(),
+        quantity_systems: rows.quantities.iter().map(|t| t.system.as_str()).collect(),
+        quantity_codes: rows.quantities.iter().map(|t| t.code.as_str()).collect(),
+        ref_params: rows.references.iter().map(|t| t.param.as_str()).collect(),
+        ref_types: rows
+            .references
+            .iter()
+            .map(|t| t.target_type.as_str())
+            .collect(),
+        ref_ids: rows
+            .references
+            .iter()
+            .map(|t| t.target_id.as_str())
+            .collect(),
+    }
+}
+
+/// Replaces a resource's index rows with those of its new version (on PostgreSQL with one
+/// statement: its deletes and inserts share one snapshot, so the deletes never see the rows it
+/// inserts).
+fn replace_index(
+    conn: &mut DbConn,
+    ty: &str,
+    id: &str,
+    rows: &IndexRows,
+) -> Result<(), StoreError> {
+    if let DbConn::Pg(pg) = conn {
+        pg_index(ty, id, rows, true).execute(pg)?;
+        return Ok(());
+    }
+    delete_index(conn, ty, id)?;
+    insert_index(conn, ty, id, rows)
+}
+
 /// Writes index rows: on PostgreSQL, where each statement is a round trip, all of them with one
 /// statement; on SQLite as multi-row INSERTs, one statement per table (in chunks).
 fn insert_index(conn: &mut DbConn, ty: &str, id: &str, rows: &IndexRows) -> Result<(), StoreError> {
     if let DbConn::Pg(pg) = conn {
-        crate::db::PgIndexInsert {
-            res_type: ty,
-            id,
-            token_params: rows.tokens.iter().map(|t| t.param.as_str()).collect(),
-            token_systems: rows.tokens.iter().map(|t| t.system.as_str()).collect(),
-            token_codes: rows.tokens.iter().map(|t| t.code.as_str()).collect(),
-            string_params: rows.strings.iter().map(|t| t.param.as_str()).collect(),
-            string_values: rows.strings.iter().map(|t| t.value.as_str()).collect(),
-            string_raws: rows.strings.iter().map(|t| t.raw.as_str()).collect(),
-            date_params: rows.dates.iter().map(|t| t.param.as_str()).collect(),
-            date_lows: rows.dates.iter().map(|t| t.low).collect(),
-            date_highs: rows.dates.iter().map(|t| t.high).collect(),
-            quantity_params: rows.quantities.iter().map(|t| t.param.as_str()).collect(),
-            quantity_values: rows.quantities.iter().map(|t| t.value).collect(),
-            quantity_systems: rows.quantities.iter().map(|t| t.system.as_str()).collect(),
-            quantity_codes: rows.quantities.iter().map(|t| t.code.as_str()).collect(),
-            ref_params: rows.references.iter().map(|t| t.param.as_str()).collect(),
-            ref_types: rows
-                .references
-                .iter()
-                .map(|t| t.target_type.as_str())
-                .collect(),
-            ref_ids: rows
-                .references
-                .iter()
-                .map(|t| t.target_id.as_str())
-                .collect(),
-        }
-        .execute(pg)?;
+        pg_index(ty, id, rows, false).execute(pg)?;
         return Ok(());
     }
     fn multi<T>(
