@@ -8,7 +8,8 @@ both_backends!(
     parameter_types_and_modifiers,
     paging_is_stable_under_concurrent_writes,
     result_shaping_and_handling,
-    nhs_number_lookup_answers_as_the_general_search
+    nhs_number_lookup_answers_as_the_general_search,
+    the_index_follows_updates_and_deletes
 );
 
 fn ids(r: &Resp) -> Vec<String> {
@@ -326,4 +327,55 @@ async fn nhs_number_lookup_answers_as_the_general_search(b: Backend) {
         .await;
     assert_eq!(none.status, 200);
     assert!(none.entries(None).is_empty(), "{}", none.text);
+}
+
+/// After an update, searches find the resource by its new values only, once; after a delete,
+/// not at all (each version's index rows replace the last's, in every index table).
+async fn the_index_follows_updates_and_deletes(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let gp = app.client("gp-system", "A81001", "gp").await;
+    let p = gp.create(&patient(&nhs(1), "Abbott", "A81001")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut obs = observation(&p, "1234567");
+    obs["valueQuantity"] = json!({"value": 40, "system": "http://unitsofmeasure.org", "code": "%"});
+    let id = gp.create(&obs).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let found = |q: &'static str| {
+        let gp = &gp;
+        async move { ids(&gp.get(&format!("/Observation?{q}")).await) }
+    };
+    assert_eq!(found("code=1234567").await, vec![id.clone()]);
+
+    obs["id"] = json!(id);
+    obs["code"]["coding"][0]["code"] = json!("7654321");
+    obs["effectiveDateTime"] = json!("2026-11-02T10:00:00Z");
+    obs["valueQuantity"]["value"] = json!(20);
+    obs["status"] = json!("amended");
+    let r = gp.put(&format!("/Observation/{id}"), &obs, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let now = vec![id.clone()];
+    for (q, want) in [
+        ("code=1234567", vec![]),
+        ("code=7654321", now.clone()),
+        ("status=final", vec![]),
+        ("status=amended", now.clone()),
+        ("date=2026-10-01", vec![]),
+        ("date=2026-11-02", now.clone()),
+        ("value-quantity=40", vec![]),
+        ("value-quantity=20", now.clone()),
+    ] {
+        assert_eq!(found(q).await, want, "{q} after the update");
+    }
+    let by_subject = gp.get(&format!("/Observation?subject=Patient/{p}")).await;
+    assert_eq!(ids(&by_subject), now, "listed once: {}", by_subject.text);
+
+    let r = gp.delete(&format!("/Observation/{id}")).await;
+    assert!(r.status == 200 || r.status == 204, "{}", r.text);
+    assert_eq!(found("code=7654321").await, Vec::<String>::new());
+    let by_subject = gp.get(&format!("/Observation?subject=Patient/{p}")).await;
+    assert_eq!(ids(&by_subject), Vec::<String>::new());
 }
