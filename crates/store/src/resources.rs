@@ -501,16 +501,7 @@ fn resolve_patient(
         PatientLink::None => Ok(None),
         PatientLink::SelfPatient(_) => Ok(Some(id.to_string())),
         PatientLink::Patient(pid) => {
-            let mut sql = Sql::new(
-                "SELECT id FROM resource WHERE res_type = 'Patient' AND deleted = FALSE AND id = ",
-            );
-            sql.text(pid.clone());
-            if load::<IdRow>(conn, &sql)?.is_empty() {
-                return Err(StoreError::unprocessable(
-                    path,
-                    format!("Patient/{pid} does not exist"),
-                ));
-            }
+            live_patient(conn, kind, pid)?;
             Ok(Some(pid.clone()))
         }
         PatientLink::Nhs(n) => {
@@ -553,13 +544,13 @@ fn resolve_patient(
     }
 }
 
-/// The sharing facts of `Patient/{pid}`, which a new resource names as its person; refused
-/// (422) if there is no such live Patient.
-fn live_patient_facts(
+/// The stored sharing facts of `Patient/{pid}`, which a resource of `kind` names as its person
+/// (None if none are stored yet); refused (422) if there is no such live Patient.
+fn live_patient(
     conn: &mut DbConn,
     kind: &ResourceKind,
     pid: &str,
-) -> Result<PatientFacts, StoreError> {
+) -> Result<Option<String>, StoreError> {
     #[derive(QueryableByName)]
     struct Found {
         #[diesel(sql_type = Nullable<Text>)]
@@ -568,7 +559,7 @@ fn live_patient_facts(
     let mut sql = Sql::new("SELECT pa.facts FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.id WHERE r.res_type = 'Patient' AND r.deleted = FALSE AND r.id = ");
     sql.text(pid);
     match load::<Found>(conn, &sql)?.pop() {
-        Some(found) => parse_facts(found.facts.as_deref()),
+        Some(found) => Ok(found.facts),
         None => {
             let element = kind.patient_elements.first().copied().unwrap_or("subject");
             Err(StoreError::unprocessable(
@@ -623,7 +614,10 @@ fn insert_new(conn: &mut DbConn, gate: &Gate, id: &str, put: Put) -> Result<Writ
     let (key, facts) = match &put.link {
         // The common case (`subject: Patient/{id}`): that the person exists and their sharing
         // facts, with one query.
-        PatientLink::Patient(pid) => (Some(pid.clone()), live_patient_facts(conn, put.kind, pid)?),
+        PatientLink::Patient(pid) => {
+            let facts = live_patient(conn, put.kind, pid)?;
+            (Some(pid.clone()), parse_facts(facts.as_deref())?)
+        }
         link => {
             let key = resolve_patient(conn, put.kind, link, id)?;
             let facts = match &key {
@@ -1071,19 +1065,9 @@ fn version_sql(
 }
 
 fn delete_index(conn: &mut DbConn, ty: &str, id: &str) -> Result<(), StoreError> {
-    if matches!(conn, DbConn::Pg(_)) {
-        // One round trip: every table's rows deleted by one statement.
-        let mut sql = Sql::new("WITH t AS (DELETE FROM search_token WHERE res_type = ");
-        sql.text(ty).push(" AND id = ").text(id);
-        for table in ["search_string", "search_date", "search_reference"] {
-            sql.push(&format!(
-                "), {table}_gone AS (DELETE FROM {table} WHERE res_type = "
-            ));
-            sql.text(ty).push(" AND id = ").text(id);
-        }
-        sql.push(") DELETE FROM search_quantity WHERE res_type = ");
-        sql.text(ty).push(" AND id = ").text(id);
-        execute(conn, &sql)?;
+    if let DbConn::Pg(pg) = conn {
+        // One round trip: the replacing statement, with nothing to insert.
+        pg_index(ty, id, &IndexRows::default(), true).execute(pg)?;
         return Ok(());
     }
     for table in [
