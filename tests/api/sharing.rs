@@ -13,6 +13,7 @@ both_backends!(
     break_glass_is_audited_and_alerted,
     deny_provisions_and_forbidden_writes,
     every_request_is_audited,
+    a_writing_organisation_keeps_its_relationship,
 );
 
 struct World {
@@ -478,5 +479,55 @@ async fn every_request_is_audited(b: Backend) {
         outcomes.iter().filter(|o| *o == "4").count(),
         2,
         "the refused write and the missing resource are failures: {outcomes:?}"
+    );
+}
+
+/// An organisation that has written to a person's record keeps a legitimate relationship after
+/// it leaves the care team; one that only belonged to the team does not. (Writes by an
+/// organisation that has written before skip recomputing the sharing facts: both the first and
+/// a repeat write are made here.)
+async fn a_writing_organisation_keeps_its_relationship(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let gp = app.client("gp-system", "A81001", "gp").await;
+    let pid = gp.create(&patient(&nhs(1), "Writer", "A81001")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let member = |ods: &str| json!({"member": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": ods}}});
+    let mut team = json!({"resourceType": "CareTeam", "status": "active",
+        "subject": {"reference": format!("Patient/{pid}")},
+        "participant": [member("HOS01"), member("HOS02")]});
+    let team_id = gp.create(&team).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    gp.create(&consent(&pid, GIVEN, "2026-01-01")).await;
+    let gp_obs = gp.create(&observation(&pid, "450476008")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let writer = app.client("hospice-writer", "HOS01", "hospice").await;
+    let reader = app.client("hospice-reader", "HOS02", "hospice").await;
+    // A first write, then a repeat one.
+    writer.create(&observation(&pid, "1234567")).await;
+    writer.create(&observation(&pid, "7654321")).await;
+    let path = format!("/Observation/{gp_obs}");
+    assert_eq!(writer.get(&path).await.status, 200);
+    assert_eq!(reader.get(&path).await.status, 200);
+
+    team["id"] = json!(team_id);
+    // The hospices leave the team; the GP practice stays in it.
+    team["participant"] = json!([member("A81001")]);
+    let r = gp.put(&format!("/CareTeam/{team_id}"), &team, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        writer.get(&path).await.status,
+        200,
+        "the organisation that wrote to the record keeps its relationship"
+    );
+    assert_eq!(
+        reader.get(&path).await.status,
+        403,
+        "membership of the team alone ended with it"
     );
 }
