@@ -794,18 +794,21 @@ pub fn system_update(
         .push(", content = ")
         .text(content.clone());
     advance_row(conn, ty, id, current.version_id, &set)?;
-    insert_version(
+    execute(
         conn,
-        ty,
-        id,
-        version,
-        None,
-        &current.writer_org,
-        false,
-        now,
-        "PUT",
-        &content,
-    )
+        &version_sql(
+            ty,
+            id,
+            version,
+            None,
+            &current.writer_org,
+            false,
+            now,
+            "PUT",
+            &content,
+        ),
+    )?;
+    Ok(())
 }
 
 /// Moves the current row of `ty/id` on from `from_version` with the given SET clause. The
@@ -906,17 +909,19 @@ fn update(
         .push(", content = ")
         .text(content.clone());
     advance_row(conn, put.kind.name, id, current.version_id, &set)?;
-    insert_version(
+    execute(
         conn,
-        put.kind.name,
-        id,
-        version,
-        key.as_deref(),
-        &org,
-        false,
-        now,
-        put.method,
-        &content,
+        &version_sql(
+            put.kind.name,
+            id,
+            version,
+            key.as_deref(),
+            &org,
+            false,
+            now,
+            put.method,
+            &content,
+        ),
     )?;
     replace_index(conn, put.kind.name, id, &index)?;
     if let Some(k) = &key {
@@ -985,17 +990,19 @@ fn delete(
         .push(", writer_org = ")
         .text(org.clone());
     advance_row(conn, ty, id, current.version_id, &set)?;
-    insert_version(
+    execute(
         conn,
-        ty,
-        id,
-        version,
-        current.patient_key.as_deref(),
-        &org,
-        true,
-        now,
-        "DELETE",
-        &current.content,
+        &version_sql(
+            ty,
+            id,
+            version,
+            current.patient_key.as_deref(),
+            &org,
+            true,
+            now,
+            "DELETE",
+            &current.content,
+        ),
     )?;
     delete_index(conn, ty, id)?;
     if let Some(k) = &current.patient_key {
@@ -1009,24 +1016,6 @@ fn delete(
         stored,
         status: WriteStatus::Deleted,
     })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn insert_version(
-    conn: &mut DbConn,
-    ty: &str,
-    id: &str,
-    version: i64,
-    key: Option<&str>,
-    org: &str,
-    deleted: bool,
-    now: i64,
-    method: &str,
-    content: &str,
-) -> Result<(), StoreError> {
-    let sql = version_sql(ty, id, version, key, org, deleted, now, method, content);
-    execute(conn, &sql)?;
-    Ok(())
 }
 
 /// The INSERT of one row of `resource_version`.
