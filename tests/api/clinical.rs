@@ -31,21 +31,15 @@ async fn current(gp: &Api, pid: &str) -> Vec<Value> {
 async fn respect_forms_supersede_atomically(b: Backend) {
     let app = TestApp::spawn(b).await;
     let gp = app.client("gp-system", "A81001", "gp").await;
-    let pid = gp.create(&patient(&nhs(1), "Respect", "A81001")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let pid = gp.create_id(&patient(&nhs(1), "Respect", "A81001")).await;
     gp.create(&consent(&pid, GIVEN, "2026-01-01")).await;
     let a = gp
-        .create(&respect_form(
+        .create_id(&respect_form(
             &pid,
             "2025-03-01",
             "Focus on life-sustaining treatment",
         ))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+        .await;
     let now = current(&gp, &pid).await;
     assert_eq!(now.len(), 1);
     assert_eq!(
@@ -56,11 +50,8 @@ async fn respect_forms_supersede_atomically(b: Backend) {
     let first_index = now[0]["id"].as_str().expect("id").to_string();
 
     let b_id = gp
-        .create(&respect_form(&pid, "2026-09-01", "Focus on comfort"))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+        .create_id(&respect_form(&pid, "2026-09-01", "Focus on comfort"))
+        .await;
     let now = current(&gp, &pid).await;
     assert_eq!(now.len(), 1, "two current ReSPECT forms");
     assert_eq!(
@@ -124,10 +115,7 @@ async fn concurrent_forms_leave_one_current(b: Backend) {
     let app = TestApp::spawn(b).await;
     let gp = app.client("gp-system", "A81001", "gp").await;
     let hospice = app.client("hospice", "HOS01", "hospice").await;
-    let pid = gp.create(&patient(&nhs(1), "Race", "A81001")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let pid = gp.create_id(&patient(&nhs(1), "Race", "A81001")).await;
     gp.create(&json!({"resourceType": "CareTeam", "status": "active", "subject": {"reference": format!("Patient/{pid}")},
         "participant": [{"member": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "HOS01"}}}]})).await;
     for round in 0..4 {

@@ -75,44 +75,22 @@ async fn summary_shows_only_current_decisions(b: Backend) {
     let mut wrong = observation(&pid, "450475007");
     wrong["status"] = json!("entered-in-error");
     wrong["effectiveDateTime"] = json!("2026-11-01T10:00:00Z");
-    let wrong = gp.create(&wrong).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let wrong = gp.create_id(&wrong).await;
     let mut cpr = observation(&pid, "450476008");
     cpr["performer"] = json!([{"display": "Dr Example"}]);
-    let cpr = gp.create(&cpr).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let cpr = gp.create_id(&cpr).await;
 
-    let old_form = gp.create(&respect_form(&pid, "2025-01-01")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let old_index = gp.create(&index(&pid, &old_form, "superseded", None)).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let new_form = gp.create(&respect_form(&pid, "2026-06-01")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let old_form = gp.create_id(&respect_form(&pid, "2025-01-01")).await;
+    let old_index = gp
+        .create_id(&index(&pid, &old_form, "superseded", None))
+        .await;
+    let new_form = gp.create_id(&respect_form(&pid, "2026-06-01")).await;
     let new_index = gp
-        .create(&index(&pid, &new_form, "current", Some(&old_index)))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+        .create_id(&index(&pid, &new_form, "current", Some(&old_index)))
+        .await;
 
-    let statement = gp.create(&observation(&pid, "816281000000101")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let adrt = gp.create(&observation(&pid, "816301000000100")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let statement = gp.create_id(&observation(&pid, "816281000000101")).await;
+    let adrt = gp.create_id(&observation(&pid, "816301000000100")).await;
     gp.create(&json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": format!("Patient/{pid}")},
         "extension": [{"url": "https://fhir.epaccs.nhs.example/StructureDefinition/planned-review-date", "valueDate": "2026-01-31"}]})).await;
 
@@ -173,10 +151,7 @@ async fn summary_shows_only_current_decisions(b: Backend) {
 
     // A newer form replaces the one just shown: the very next summary (summaries are served
     // from memory when nothing has changed) must show only the newest.
-    let newest = gp.create(&respect_form(&pid, "2026-11-01")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let newest = gp.create_id(&respect_form(&pid, "2026-11-01")).await;
     gp.create(&index(&pid, &newest, "current", Some(&new_index)))
         .await;
     let again = crew

@@ -451,6 +451,11 @@ impl Api {
         assert_eq!(r.status, 201, "create {ty} failed: {}", r.text);
         r.body
     }
+
+    /// Creates a resource (asserting 201) and returns its id.
+    pub async fn create_id(&self, v: &Value) -> String {
+        self.create(v).await["id"].as_str().expect("id").to_string()
+    }
 }
 
 /// A synthetic Patient registered with GP practice `gp_ods`.

@@ -126,10 +126,9 @@ fn puts(d: &[Received]) -> Vec<Received> {
 async fn delivers_in_order_and_never_a_rolled_back_change(b: Backend) {
     let app = TestApp::spawn(b).await;
     let gp = app.client("gp-system", "A81001", "gp").await;
-    let pid = gp.create(&patient(&nhs(1), "Subscribed", "A81001")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let pid = gp
+        .create_id(&patient(&nhs(1), "Subscribed", "A81001"))
+        .await;
     let rx = Receiver::start().await;
     let ping_rx = Receiver::start().await;
     let sub = gp
@@ -162,10 +161,7 @@ async fn delivers_in_order_and_never_a_rolled_back_change(b: Backend) {
     let o2id = o2["id"].as_str().expect("id").to_string();
     assert_eq!(gp.delete(&format!("/Observation/{o2id}")).await.status, 200);
     // Another person's data does not match.
-    let other = gp.create(&patient(&nhs(2), "Other", "A81001")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let other = gp.create_id(&patient(&nhs(2), "Other", "A81001")).await;
     gp.create(&observation(&other, "450476008")).await;
 
     let d = rx.wait("four changes", |d| puts(d).len() >= 4).await;
@@ -280,10 +276,7 @@ async fn delivers_in_order_and_never_a_rolled_back_change(b: Backend) {
 async fn survives_receiver_outage_and_server_restart(b: Backend) {
     let mut app = TestApp::spawn(b).await;
     let gp = app.client("gp-system", "A81001", "gp").await;
-    let pid = gp.create(&patient(&nhs(1), "Outage", "A81001")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let pid = gp.create_id(&patient(&nhs(1), "Outage", "A81001")).await;
     let rx = Receiver::start().await;
     gp.create(&subscription(
         &format!("Observation?patient={pid}"),
@@ -297,12 +290,7 @@ async fn survives_receiver_outage_and_server_restart(b: Backend) {
     rx.status.store(503, Ordering::SeqCst);
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(
-            gp.create(&observation(&pid, "450476008")).await["id"]
-                .as_str()
-                .expect("id")
-                .to_string(),
-        );
+        ids.push(gp.create_id(&observation(&pid, "450476008")).await);
     }
     for _ in 0..40 {
         if !rx.got.lock().expect("lock").iter().any(|r| r.status == 503) {
@@ -324,10 +312,7 @@ async fn survives_receiver_outage_and_server_restart(b: Backend) {
     let token = app.token("gp-system", "system/*.*", None).await;
     let gp = app.api(token);
     // Nothing left pending; more changes keep flowing.
-    let more = gp.create(&observation(&pid, "450475007")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let more = gp.create_id(&observation(&pid, "450475007")).await;
     let d = rx
         .wait("event after recovery", |d| puts(d).len() >= 4)
         .await;
@@ -337,10 +322,7 @@ async fn survives_receiver_outage_and_server_restart(b: Backend) {
 async fn retry_limit_sets_error_and_resumes(b: Backend) {
     let app = TestApp::spawn(b).await;
     let gp = app.client("gp-system", "A81001", "gp").await;
-    let pid = gp.create(&patient(&nhs(1), "Retry", "A81001")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let pid = gp.create_id(&patient(&nhs(1), "Retry", "A81001")).await;
     let rx = Receiver::start().await;
     rx.status.store(500, Ordering::SeqCst);
     let sub = gp
@@ -351,10 +333,7 @@ async fn retry_limit_sets_error_and_resumes(b: Backend) {
         ))
         .await;
     let sid = sub["id"].as_str().expect("id").to_string();
-    let oid = gp.create(&observation(&pid, "450476008")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let oid = gp.create_id(&observation(&pid, "450476008")).await;
     let mut errored = Value::Null;
     for _ in 0..200 {
         errored = gp.get(&format!("/Subscription/{sid}")).await.body;
@@ -388,14 +367,8 @@ async fn payloads_follow_the_subscribers_access(b: Backend) {
     let gp = app.client("gp-system", "A81001", "gp").await;
     let crew = app.client("ambulance", "RX801", "ambulance").await;
     let po = app.client("privacy", "PO001", "privacy-officer").await;
-    let p = gp.create(&patient(&nhs(1), "NoConsent", "A81001")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let q = gp.create(&patient(&nhs(2), "Consented", "A81001")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let p = gp.create_id(&patient(&nhs(1), "NoConsent", "A81001")).await;
+    let q = gp.create_id(&patient(&nhs(2), "Consented", "A81001")).await;
     gp.create(&consent(&q, GIVEN, "2026-01-01")).await;
     let rx = Receiver::start().await;
     crew.create(&subscription(
@@ -423,14 +396,8 @@ async fn payloads_follow_the_subscribers_access(b: Backend) {
     );
     rx.wait("handshake", |d| !d.is_empty()).await;
 
-    let hidden = gp.create(&observation(&p, "450476008")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let shown = gp.create(&observation(&q, "450476008")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let hidden = gp.create_id(&observation(&p, "450476008")).await;
+    let shown = gp.create_id(&observation(&q, "450476008")).await;
     let d = rx
         .wait("the consented person's change", |d| !puts(d).is_empty())
         .await;
@@ -463,10 +430,7 @@ async fn record_locator_pointers_follow_the_form_and_the_consent(b: Backend) {
     let app = TestApp::spawn_with(b, Some(nrl.url.clone())).await;
     let gp = app.client("gp-system", "A81001", "gp").await;
     let n = nhs(1);
-    let pid = gp.create(&patient(&n, "Pointer", "A81001")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let pid = gp.create_id(&patient(&n, "Pointer", "A81001")).await;
     gp.create(&consent(&pid, GIVEN, "2026-01-01")).await;
     let form = |focus: &str| {
         json!({"resourceType": "Composition", "status": "final",

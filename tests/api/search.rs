@@ -27,12 +27,12 @@ async fn parameter_types_and_modifiers(b: Backend) {
     let gp = app.client("gp-system", "A81001", "gp").await;
     let mut a = patient(&nhs(1), "Åberg", "A81001");
     a["birthDate"] = json!("1940-03-04");
-    let a = gp.create(&a).await["id"].as_str().expect("id").to_string();
+    let a = gp.create_id(&a).await;
     let mut c = patient(&nhs(2), "Abbott", "B82002");
     c["birthDate"] = json!("1952-11-30");
     c["gender"] = json!("male");
     c.as_object_mut().expect("obj").remove("address");
-    let c = gp.create(&c).await["id"].as_str().expect("id").to_string();
+    let c = gp.create_id(&c).await;
     let mut both = vec![a.clone(), c.clone()];
     both.sort();
 
@@ -124,10 +124,8 @@ async fn paging_is_stable_under_concurrent_writes(b: Backend) {
     let mut expected = Vec::new();
     for i in 0..25 {
         expected.push(
-            gp.create(&patient(&nhs(100 + i), "Pager", "A81001")).await["id"]
-                .as_str()
-                .expect("id")
-                .to_string(),
+            gp.create_id(&patient(&nhs(100 + i), "Pager", "A81001"))
+                .await,
         );
     }
     expected.sort();
@@ -334,16 +332,10 @@ async fn nhs_number_lookup_answers_as_the_general_search(b: Backend) {
 async fn the_index_follows_updates_and_deletes(b: Backend) {
     let app = TestApp::spawn(b).await;
     let gp = app.client("gp-system", "A81001", "gp").await;
-    let p = gp.create(&patient(&nhs(1), "Abbott", "A81001")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let p = gp.create_id(&patient(&nhs(1), "Abbott", "A81001")).await;
     let mut obs = observation(&p, "1234567");
     obs["valueQuantity"] = json!({"value": 40, "system": "http://unitsofmeasure.org", "code": "%"});
-    let id = gp.create(&obs).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = gp.create_id(&obs).await;
     let found = |q: &'static str| {
         let gp = &gp;
         async move { ids(&gp.get(&format!("/Observation?{q}")).await) }

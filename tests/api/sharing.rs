@@ -489,23 +489,14 @@ async fn every_request_is_audited(b: Backend) {
 async fn a_writing_organisation_keeps_its_relationship(b: Backend) {
     let app = TestApp::spawn(b).await;
     let gp = app.client("gp-system", "A81001", "gp").await;
-    let pid = gp.create(&patient(&nhs(1), "Writer", "A81001")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let pid = gp.create_id(&patient(&nhs(1), "Writer", "A81001")).await;
     let member = |ods: &str| json!({"member": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": ods}}});
     let mut team = json!({"resourceType": "CareTeam", "status": "active",
         "subject": {"reference": format!("Patient/{pid}")},
         "participant": [member("HOS01"), member("HOS02")]});
-    let team_id = gp.create(&team).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let team_id = gp.create_id(&team).await;
     gp.create(&consent(&pid, GIVEN, "2026-01-01")).await;
-    let gp_obs = gp.create(&observation(&pid, "450476008")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let gp_obs = gp.create_id(&observation(&pid, "450476008")).await;
     let writer = app.client("hospice-writer", "HOS01", "hospice").await;
     let reader = app.client("hospice-reader", "HOS02", "hospice").await;
     // A first write, then a repeat one.
