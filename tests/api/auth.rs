@@ -16,6 +16,10 @@ both_backends!(
 );
 
 fn assertion_with(key: &ClientKey, kid: &str, claims: Value) -> String {
+    assertion_with_jku(key, kid, None, claims)
+}
+
+fn assertion_with_jku(key: &ClientKey, kid: &str, jku: Option<&str>, claims: Value) -> String {
     let enc = match key.alg {
         keys::ClientAlg::Es384 => EncodingKey::from_ec_pem(key.pem.as_bytes()),
         _ => EncodingKey::from_rsa_pem(key.pem.as_bytes()),
@@ -23,6 +27,7 @@ fn assertion_with(key: &ClientKey, kid: &str, claims: Value) -> String {
     .expect("key");
     let mut h = Header::new(key.alg.jwt());
     h.kid = Some(kid.to_string());
+    h.jku = jku.map(str::to_string);
     jsonwebtoken::encode(&h, &claims, &enc).expect("sign")
 }
 
@@ -154,6 +159,17 @@ async fn token_endpoint_refusals(b: Backend) {
         (
             "signed by another key",
             assertion_with(stranger(), &k.kid, claims(&app, "client-a", 200)),
+            401,
+            "invalid_client",
+        ),
+        (
+            "jku header, keys registered inline",
+            assertion_with_jku(
+                k,
+                &k.kid,
+                Some("http://127.0.0.1:9/jwks.json"),
+                claims(&app, "client-a", 200),
+            ),
             401,
             "invalid_client",
         ),
@@ -430,12 +446,25 @@ async fn jwks_by_url_and_revocation(b: Backend) {
     let api = app.api(token);
     assert_eq!(api.get("/Patient").await.status, 200);
 
+    // A `jku` header is honoured only when it is the registered URL: keys are never fetched
+    // from wherever an assertion points.
+    let k = es384();
+    let registered = format!("http://127.0.0.1:{port}/jwks.json");
+    let elsewhere = format!("http://127.0.0.1:{port}/other/jwks.json");
+    for (jku, status) in [(&registered, 200), (&elsewhere, 401)] {
+        let a = assertion_with_jku(k, &k.kid, Some(jku), claims(&app, "by-url", 200));
+        let (s, body) = app.token_request(&a, "system/*.read").await;
+        assert_eq!(s, status, "jku {jku}: {body}");
+        if status == 401 {
+            assert_eq!(body["error"], "invalid_client", "{body}");
+        }
+    }
+
     // Revocation: the token stops working within seconds, and no new token is issued.
     let mut conn = DatabaseUrlExt::connect(&app.db_url);
     assert!(epaccs_store::clients::revoke(&mut conn, "by-url").expect("revoke"));
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(api.get("/Patient").await.status, 401);
-    let k = es384();
     let a = keys::sign_assertion(&k.pem, k.alg, &k.kid, "by-url", &app.token_url(), None)
         .expect("sign");
     assert_eq!(

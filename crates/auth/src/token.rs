@@ -211,6 +211,15 @@ impl TokenService {
                 "client {client_id} is revoked"
             )));
         }
+        // SMART: a `jku` header must be the JWKS URL registered for the client; the keys are
+        // never fetched from wherever an assertion points.
+        if let Some(jku) = &header.jku {
+            if client.jwks_url.as_deref() != Some(jku.as_str()) {
+                return Err(OAuthError::InvalidClient(format!(
+                    "the assertion's jku {jku} is not the JWKS URL registered for client {client_id}"
+                )));
+            }
+        }
         let jwk = self.find_key(&client, &kid).await?;
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk).map_err(|e| {
             OAuthError::InvalidClient(format!("the registered key {kid} is not a usable JWK: {e}"))
