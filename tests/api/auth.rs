@@ -312,12 +312,29 @@ async fn access_token_refusals(b: Backend) {
     let good = app.token("client-a", "system/*.*", None).await;
     assert_eq!(app.api(good.clone()).get("/Patient").await.status, 200);
 
+    // No credentials: the scheme only, no error code (RFC 6750 §3.1); likewise another scheme.
     let r = app.anonymous().get("/Patient").await;
     assert_eq!(r.status, 401);
-    assert!(r
-        .header("www-authenticate")
-        .is_some_and(|h| h.starts_with("Bearer")));
+    assert_eq!(
+        r.header("www-authenticate").as_deref(),
+        Some("Bearer realm=\"epaccs\"")
+    );
     r.outcome();
+    let basic = app
+        .http
+        .get(format!("{}/Patient", app.base))
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(basic.status().as_u16(), 401);
+    assert_eq!(
+        basic
+            .headers()
+            .get("www-authenticate")
+            .and_then(|h| h.to_str().ok()),
+        Some("Bearer realm=\"epaccs\"")
+    );
 
     let now = chrono::Utc::now().timestamp();
     let base = json!({"iss": app.base, "sub": "client-a", "aud": app.base, "exp": now + 200, "iat": now, "nbf": now, "jti": "j",
@@ -380,6 +397,12 @@ async fn access_token_refusals(b: Backend) {
     for (what, token) in cases {
         let r = app.api(token).get("/Patient").await;
         assert_eq!(r.status, 401, "{what} was accepted: {}", r.text);
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|h| h.starts_with("Bearer") && h.contains("error=\"invalid_token\"")),
+            "{what}: {:?}",
+            r.header("www-authenticate")
+        );
         r.outcome();
     }
 }
@@ -395,6 +418,9 @@ async fn scopes_are_enforced(b: Backend) {
     assert_eq!(r.get(&format!("/Patient/{pid}")).await.status, 200);
     let denied = r.post("/Patient", &patient(&nhs(2), "No", "A81001")).await;
     assert_eq!(denied.status, 403);
+    assert!(denied
+        .header("www-authenticate")
+        .is_some_and(|h| h.contains("error=\"insufficient_scope\"")));
     assert!(denied.outcome().contains("scope"));
     assert_eq!(r.delete(&format!("/Patient/{pid}")).await.status, 403);
     // v2 scopes: search only, no read.

@@ -4,8 +4,10 @@
 //! |---|---|---|
 //! | `BadRequest` | 400 | `invalid` |
 //! | `Invalid` | 400 | per issue (`structure`, `value`...) |
-//! | `Unauthorized` | 401 | `login` (+ `WWW-Authenticate: Bearer`) |
+//! | `NoToken` | 401 | `login` (+ `WWW-Authenticate: Bearer realm="epaccs"`) |
+//! | `Unauthorized` | 401 | `login` (+ `WWW-Authenticate: Bearer ... error="invalid_token"`) |
 //! | `Forbidden` | 403 | `forbidden` |
+//! | `InsufficientScope` | 403 | `forbidden` (+ `WWW-Authenticate: Bearer ... error="insufficient_scope"`) |
 //! | `Withheld` | 403 | `suppressed` |
 //! | `NotFound` | 404 | `not-found` |
 //! | `MethodNotAllowed` | 405 | `not-supported` |
@@ -30,10 +32,18 @@ pub enum ApiError {
     BadRequest(String),
     #[error("the resource is not valid")]
     Invalid(Vec<Issue>),
+    /// No bearer credentials at all (no header, or another scheme): RFC 6750 §3.1 answers
+    /// with the scheme only, no error code.
+    #[error("{0}")]
+    NoToken(String),
+    /// A bearer token that was refused.
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The token's scopes do not cover the interaction (403, RFC 6750 `insufficient_scope`).
+    #[error("{0}")]
+    InsufficientScope(String),
     #[error("{0}")]
     Withheld(String),
     #[error("{0}")]
@@ -99,8 +109,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest(m) => one("invalid", m),
             ApiError::Invalid(issues) | ApiError::Unprocessable(issues) => issues.clone(),
-            ApiError::Unauthorized(m) => one("login", m),
-            ApiError::Forbidden(m) => one("forbidden", m),
+            ApiError::NoToken(m) | ApiError::Unauthorized(m) => one("login", m),
+            ApiError::Forbidden(m) | ApiError::InsufficientScope(m) => one("forbidden", m),
             ApiError::Withheld(m) => one("suppressed", m),
             ApiError::NotFound(m) => one("not-found", m),
             ApiError::MethodNotAllowed(m) => one("not-supported", m),
@@ -126,8 +136,10 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::Withheld(_) => StatusCode::FORBIDDEN,
+            ApiError::NoToken(_) | ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::InsufficientScope(_) | ApiError::Withheld(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -145,6 +157,15 @@ impl ResponseError for ApiError {
         let mut b = HttpResponse::build(self.status_code());
         b.insert_header((header::CONTENT_TYPE, crate::respond::FHIR_JSON_UTF8));
         match self {
+            ApiError::NoToken(_) => {
+                b.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"epaccs\""));
+            }
+            ApiError::InsufficientScope(_) => {
+                b.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    "Bearer realm=\"epaccs\", error=\"insufficient_scope\"",
+                ));
+            }
             ApiError::Unauthorized(m) => {
                 let m = m.replace('"', "'");
                 b.insert_header((header::WWW_AUTHENTICATE, format!("Bearer realm=\"epaccs\", error=\"invalid_token\", error_description=\"{m}\"")));

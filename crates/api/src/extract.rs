@@ -29,7 +29,7 @@ impl Caller {
         if self.principal().scopes.allows(resource_type, what) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!("the access token's scopes do not allow {what:?} on {resource_type} (insufficient_scope)")))
+            Err(ApiError::InsufficientScope(format!("the access token's scopes do not allow {what:?} on {resource_type} (insufficient_scope)")))
         }
     }
 
@@ -96,13 +96,13 @@ impl FromRequest for Caller {
             .unwrap_or_default();
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("no application state".into()))?;
-            let auth = auth.ok_or_else(|| {
-                ApiError::Unauthorized("a bearer access token is required".into())
-            })?;
-            let token = auth
-                .strip_prefix("Bearer ")
-                .or_else(|| auth.strip_prefix("bearer "))
-                .map(str::trim)
+            let no_token = || ApiError::NoToken("a bearer access token is required".into());
+            let auth = auth.ok_or_else(no_token)?;
+            let (scheme, token) = auth.split_once(' ').unwrap_or((auth.as_str(), ""));
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(no_token());
+            }
+            let token = Some(token.trim())
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| {
                     ApiError::Unauthorized(
