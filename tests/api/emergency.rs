@@ -128,10 +128,37 @@ async fn summary_shows_only_current_decisions(b: Backend) {
         .as_str()
         .expect("div")
         .contains("REVIEW OVERDUE"));
-    assert!(section(&r.body, "Preferred place")["text"]["div"]
+    assert_eq!(
+        plans["extension"],
+        json!([{"url": "https://fhir.epaccs.nhs.example/StructureDefinition/review-overdue", "valueDate": "2026-01-31"}])
+    );
+    let places = section(&r.body, "Preferred place");
+    assert!(places["text"]["div"]
         .as_str()
         .expect("div")
         .contains("not recorded"));
+    assert_eq!(places["text"]["status"], "generated");
+    assert_eq!(
+        places["emptyReason"]["coding"][0],
+        json!({"system": "http://terminology.hl7.org/CodeSystem/list-empty-reason", "code": "unavailable"})
+    );
+    assert!(places.get("entry").is_none() && places.get("code").is_none());
+    assert_eq!(
+        section(&r.body, "CPR")["code"],
+        json!({"coding": [{"system": "http://snomed.info/sct", "code": "450475007"}]})
+    );
+    let composition = &r.body["entry"][0]["resource"];
+    assert_eq!(composition["status"], "final");
+    assert_eq!(composition["type"]["coding"][0]["code"], "861421000000109");
+    assert_eq!(
+        composition["subject"]["reference"],
+        r.body["entry"][1]["fullUrl"]
+    );
+    assert_eq!(
+        r.body["entry"][0]["fullUrl"],
+        format!("urn:uuid:{}", composition["id"].as_str().expect("id"))
+    );
+    assert!(composition["extension"][0]["valueInstant"].is_string());
     // Everything referenced is in the bundle.
     for s in r.body["entry"][0]["resource"]["section"]
         .as_array()

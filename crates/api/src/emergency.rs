@@ -12,9 +12,10 @@ use epaccs_fhir::date;
 use epaccs_fhir::validate::Issue;
 use epaccs_store::resources;
 use epaccs_store::{StoreError, Stored};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 /// Extension marking the planned review date of a plan or decision.
 pub const REVIEW_DATE_URL: &str =
@@ -23,68 +24,181 @@ pub const REVIEW_DATE_URL: &str =
 pub const REVIEW_OVERDUE_URL: &str =
     "https://fhir.epaccs.nhs.example/StructureDefinition/review-overdue";
 
-fn codes_of(v: &Value, element: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut push = |cc: &Value| {
-        for c in cc
-            .get("coding")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(code) = c.get("code").and_then(Value::as_str) {
-                out.push(code.to_string());
+/// What the summary reads of a stored resource. The stored JSON is parsed straight into these
+/// borrowed fields, and everything else is skipped unread, rather than into a
+/// `serde_json::Value` tree. Every stored resource passed fhir-sdk's typed validation on write,
+/// so each field present has its FHIR type.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct View<'a> {
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    code: Codes<'a>,
+    #[serde(borrow, default)]
+    value_codeable_concept: Codes<'a>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Codes<'a>,
+    #[serde(borrow)]
+    effective_date_time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    date: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    date_time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    authored_on: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    recorded_date: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    issued: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    effective_period: Option<Period<'a>>,
+    #[serde(borrow, default)]
+    extension: Vec<Extension<'a>>,
+    #[serde(borrow, default)]
+    content: Vec<Content<'a>>,
+    #[serde(borrow, default)]
+    relates_to: Vec<RelatesTo<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Period<'a> {
+    #[serde(borrow)]
+    start: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Extension<'a> {
+    #[serde(borrow)]
+    url: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    value_date: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    value_date_time: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Content<'a> {
+    #[serde(borrow)]
+    attachment: Option<Target<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RelatesTo<'a> {
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    target: Option<Target<'a>>,
+}
+
+/// An Attachment (`url`) or a Reference (`reference`): only the one link is read.
+#[derive(Deserialize)]
+struct Target<'a> {
+    #[serde(borrow, alias = "reference")]
+    url: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Concept<'a> {
+    #[serde(borrow, default)]
+    coding: Vec<Coding<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Coding<'a> {
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+}
+
+/// The codes of one CodeableConcept or of an array of them (`type` is either, by resource).
+#[derive(Default)]
+struct Codes<'a>(Vec<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Codes<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Codes<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a CodeableConcept or an array of them")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Codes<'a>, A::Error> {
+                let c = Concept::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Codes(c.coding.into_iter().filter_map(|c| c.code).collect()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Codes<'a>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(c) = seq.next_element::<Concept<'de>>()? {
+                    out.extend(c.coding.into_iter().filter_map(|c| c.code));
+                }
+                Ok(Codes(out))
             }
         }
-    };
-    match v.get(element) {
-        Some(Value::Array(a)) => a.iter().for_each(&mut push),
-        Some(cc) => push(cc),
-        None => {}
+        d.deserialize_any(Visit(std::marker::PhantomData))
     }
-    out
 }
 
-fn status(v: &Value) -> &str {
-    v.get("status").and_then(Value::as_str).unwrap_or("")
-}
+impl<'a> View<'a> {
+    /// Parses a stored resource. It passed validation on write, so this cannot fail short of a
+    /// damaged row; such a row is logged and read as carrying no status, codes or dates (as
+    /// the `Value` path before it did).
+    fn of(st: &'a Stored) -> View<'a> {
+        serde_json::from_str(&st.content).unwrap_or_else(|e| {
+            tracing::error!(resource = %format!("{}/{}", st.resource_type, st.id), error = %e, "a stored resource could not be read for the emergency summary");
+            View::default()
+        })
+    }
 
-fn effective(v: &Value) -> i64 {
-    [
-        "effectiveDateTime",
-        "date",
-        "dateTime",
-        "authoredOn",
-        "recordedDate",
-        "issued",
-    ]
-    .iter()
-    .find_map(|k| {
-        v.get(*k)
-            .and_then(Value::as_str)
-            .and_then(date::parse_range)
-    })
-    .or_else(|| {
-        v.get("effectivePeriod")
-            .and_then(|p| p.get("start"))
-            .and_then(Value::as_str)
-            .and_then(date::parse_range)
-    })
-    .map_or(i64::MIN, |r| r.low)
-}
+    fn status(&self) -> &str {
+        self.status.as_deref().unwrap_or("")
+    }
 
-/// The planned review date, if the resource carries one and it has passed.
-fn overdue(v: &Value) -> Option<String> {
-    let review = v
-        .get("extension")
-        .and_then(Value::as_array)
+    /// Whether its code, value or type carries one of `wanted`.
+    fn has_code(&self, wanted: &[&str]) -> bool {
+        [&self.code, &self.value_codeable_concept, &self.kind]
+            .iter()
+            .flat_map(|c| c.0.iter())
+            .any(|code| wanted.contains(&code.as_ref()))
+    }
+
+    /// When it took effect (the first date element present, in this order), for newest-first.
+    fn effective(&self) -> i64 {
+        [
+            &self.effective_date_time,
+            &self.date,
+            &self.date_time,
+            &self.authored_on,
+            &self.recorded_date,
+            &self.issued,
+        ]
         .into_iter()
-        .flatten()
-        .find(|e| e.get("url").and_then(Value::as_str) == Some(REVIEW_DATE_URL))
-        .and_then(|e| e.get("valueDate").or_else(|| e.get("valueDateTime")))
-        .and_then(Value::as_str)?;
-    let r = date::parse_range(review)?;
-    (r.high <= date::now_micros()).then(|| review.to_string())
+        .find_map(|d| d.as_deref().and_then(date::parse_range))
+        .or_else(|| {
+            self.effective_period
+                .as_ref()
+                .and_then(|p| p.start.as_deref())
+                .and_then(date::parse_range)
+        })
+        .map_or(i64::MIN, |r| r.low)
+    }
+
+    /// The planned review date, if the resource carries one and it has passed.
+    fn overdue(&self) -> Option<String> {
+        let review = self
+            .extension
+            .iter()
+            .find(|e| e.url.as_deref() == Some(REVIEW_DATE_URL))
+            .and_then(|e| e.value_date.as_deref().or(e.value_date_time.as_deref()))?;
+        let r = date::parse_range(review)?;
+        (r.high <= date::now_micros()).then(|| review.to_string())
+    }
 }
 
 const INACTIVE: &[&str] = &[
@@ -100,111 +214,105 @@ const INACTIVE: &[&str] = &[
     "rejected",
 ];
 
+/// What the summary reads of the Patient.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Deceased<'a> {
+    #[serde(borrow)]
+    deceased_date_time: Option<Cow<'a, str>>,
+    deceased_boolean: Option<bool>,
+}
+
 struct Summary<'a> {
-    items: Vec<(&'a Stored, Value)>,
+    items: Vec<(&'a Stored, View<'a>)>,
 }
 
 impl<'a> Summary<'a> {
-    fn live(&self, ty: &str) -> impl Iterator<Item = &(&'a Stored, Value)> + '_ {
+    fn live(&self, ty: &str) -> impl Iterator<Item = &(&'a Stored, View<'a>)> + '_ {
         let ty = ty.to_string();
         self.items
             .iter()
-            .filter(move |(s, v)| s.resource_type == ty && !INACTIVE.contains(&status(v)))
+            .filter(move |(s, v)| s.resource_type == ty && !INACTIVE.contains(&v.status()))
     }
 
-    fn with_code(&self, ty: &str, wanted: &[&str]) -> Vec<&(&'a Stored, Value)> {
-        let mut v: Vec<_> = self
-            .live(ty)
-            .filter(|(_, v)| {
-                let mut c = codes_of(v, "code");
-                c.extend(codes_of(v, "valueCodeableConcept"));
-                c.extend(codes_of(v, "type"));
-                c.iter().any(|code| wanted.contains(&code.as_str()))
-            })
-            .collect();
-        v.sort_by_key(|(_, v)| std::cmp::Reverse(effective(v)));
+    fn with_code(&self, ty: &str, wanted: &[&str]) -> Vec<&(&'a Stored, View<'a>)> {
+        let mut v: Vec<_> = self.live(ty).filter(|(_, v)| v.has_code(wanted)).collect();
+        v.sort_by_key(|(_, v)| std::cmp::Reverse(v.effective()));
         v
     }
 }
 
+/// The last segment of a reference or URL (`Composition/abc` → `abc`).
+fn last_segment(r: &str) -> &str {
+    r.rsplit('/').next().unwrap_or(r)
+}
+
 /// The current ReSPECT form: final, not entered-in-error, and not replaced by a later form (a
 /// DocumentReference index marked superseded, or one that another `relatesTo: replaces` names).
-fn current_respect<'s, 'a>(s: &'s Summary<'a>) -> Option<&'s (&'a Stored, Value)> {
-    let superseded: Vec<String> = s
+fn current_respect<'s, 'a>(s: &'s Summary<'a>) -> Option<&'s (&'a Stored, View<'a>)> {
+    let mut superseded: Vec<&str> = Vec::new();
+    for (_, v) in s
         .items
         .iter()
         .filter(|(st, _)| st.resource_type == "DocumentReference")
-        .flat_map(|(_, v)| {
-            let mut gone = Vec::new();
-            let index_dead = matches!(status(v), "superseded" | "entered-in-error");
-            for c in v
-                .get("content")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(url) = c
-                    .get("attachment")
-                    .and_then(|a| a.get("url"))
-                    .and_then(Value::as_str)
-                {
-                    if index_dead {
-                        gone.push(url.rsplit('/').next().unwrap_or(url).to_string());
-                    }
-                }
-            }
-            for r in v
-                .get("relatesTo")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if r.get("code").and_then(Value::as_str) == Some("replaces") {
-                    if let Some(t) = r
-                        .get("target")
-                        .and_then(|t| t.get("reference"))
-                        .and_then(Value::as_str)
-                    {
-                        gone.push(t.rsplit('/').next().unwrap_or(t).to_string());
-                    }
-                }
-            }
-            gone
-        })
-        .collect();
+    {
+        if matches!(v.status(), "superseded" | "entered-in-error") {
+            superseded.extend(
+                v.content
+                    .iter()
+                    .filter_map(|c| c.attachment.as_ref()?.url.as_deref())
+                    .map(last_segment),
+            );
+        }
+        superseded.extend(
+            v.relates_to
+                .iter()
+                .filter(|r| r.code.as_deref() == Some("replaces"))
+                .filter_map(|r| r.target.as_ref()?.url.as_deref())
+                .map(last_segment),
+        );
+    }
     s.with_code("Composition", &[codes::RESPECT_FORM])
         .into_iter()
-        .find(|(st, v)| matches!(status(v), "final" | "amended") && !superseded.contains(&st.id))
+        .find(|(st, v)| {
+            matches!(v.status(), "final" | "amended") && !superseded.contains(&st.id.as_str())
+        })
 }
 
 fn section(
-    title: &str,
-    code: Option<&str>,
-    entries: &[&(&Stored, Value)],
-    empty_reason: &str,
+    title: &'static str,
+    code: Option<&'static str>,
+    entries: &[&(&Stored, View)],
+    empty_reason: &'static str,
     base: &str,
-) -> Value {
+) -> Section {
     let mut text = String::new();
-    let mut overdue_since = None;
-    for (_, v) in entries {
-        if let Some(d) = overdue(v) {
-            overdue_since = Some(d);
-        }
-    }
-    let mut sec = json!({"title": title});
-    if let Some(c) = code {
-        sec["code"] = json!({"coding": [{"system": codes::SNOMED, "code": c}]});
-    }
+    let overdue_since = entries.iter().filter_map(|(_, v)| v.overdue()).last();
+    let mut sec = Section {
+        title,
+        code: code.map(|c| Concept1::snomed(c, None)),
+        empty_reason: None,
+        entry: Vec::new(),
+        extension: Vec::new(),
+        text: Narrative::default(),
+    };
     if entries.is_empty() {
-        sec["emptyReason"] = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/list-empty-reason", "code": "unavailable"}], "text": empty_reason});
+        sec.empty_reason = Some(Concept1 {
+            coding: [CodingOut {
+                system: "http://terminology.hl7.org/CodeSystem/list-empty-reason",
+                code: "unavailable",
+                display: None,
+            }],
+            text: Some(empty_reason),
+        });
         text.push_str(empty_reason);
     } else {
-        sec["entry"] = Value::Array(
-            entries
-                .iter()
-                .map(|(s, _)| json!({ "reference": full_url(base, s) }))
-                .collect(),
-        );
+        sec.entry = entries
+            .iter()
+            .map(|(s, _)| RefOut {
+                reference: full_url(base, s),
+            })
+            .collect();
         let latest = entries
             .iter()
             .map(|(s, _)| s.last_updated)
@@ -220,10 +328,116 @@ fn section(
         text.push_str(&format!(
             ". REVIEW OVERDUE: planned review date {d} has passed"
         ));
-        sec["extension"] = json!([{"url": REVIEW_OVERDUE_URL, "valueDate": d}]);
+        sec.extension.push(OverdueOut {
+            url: REVIEW_OVERDUE_URL,
+            value_date: d,
+        });
     }
-    sec["text"] = json!({"status": "generated", "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{}</div>", html_escape(&text))});
+    sec.text = Narrative::of(&text);
     sec
+}
+
+/// The summary's Composition, serialized straight into the document (no `Value` tree).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SummaryComposition<'a> {
+    resource_type: &'static str,
+    id: String,
+    status: &'static str,
+    #[serde(rename = "type")]
+    kind: Concept1,
+    subject: RefOut,
+    date: &'a str,
+    author: [Display; 1],
+    title: &'static str,
+    extension: [InstantOut; 1],
+    section: Vec<Section>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Section {
+    title: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<Concept1>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    empty_reason: Option<Concept1>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    entry: Vec<RefOut>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    extension: Vec<OverdueOut>,
+    text: Narrative,
+}
+
+/// A CodeableConcept with one coding.
+#[derive(Serialize)]
+struct Concept1 {
+    coding: [CodingOut; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'static str>,
+}
+
+impl Concept1 {
+    fn snomed(code: &'static str, display: Option<&'static str>) -> Concept1 {
+        Concept1 {
+            coding: [CodingOut {
+                system: codes::SNOMED,
+                code,
+                display,
+            }],
+            text: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CodingOut {
+    system: &'static str,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct RefOut {
+    reference: String,
+}
+
+#[derive(Serialize)]
+struct Display {
+    display: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OverdueOut {
+    url: &'static str,
+    value_date: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InstantOut {
+    url: &'static str,
+    value_instant: String,
+}
+
+#[derive(Serialize, Default)]
+struct Narrative {
+    status: &'static str,
+    div: String,
+}
+
+impl Narrative {
+    fn of(text: &str) -> Narrative {
+        Narrative {
+            status: "generated",
+            div: format!(
+                "<div xmlns=\"http://www.w3.org/1999/xhtml\">{}</div>",
+                html_escape(text)
+            ),
+        }
+    }
 }
 
 fn html_escape(s: &str) -> String {
@@ -256,7 +470,7 @@ fn build_document(
     items: &[Stored],
 ) -> Result<String, ApiError> {
     let base = &state.base_url;
-    let parsed: Vec<(&Stored, Value)> = items.iter().map(|s| (s, respond::parse(s))).collect();
+    let parsed: Vec<(&Stored, View)> = items.iter().map(|s| (s, View::of(s))).collect();
     let s = Summary { items: parsed };
     let cpr = s.with_code("Observation", &[codes::FOR_CPR, codes::NOT_FOR_CPR]);
     let respect: Vec<_> = current_respect(&s).into_iter().collect();
@@ -309,17 +523,14 @@ fn build_document(
     other.extend(s.with_code("Observation", &[codes::AKPS]));
     other.extend(s.with_code("Observation", &codes::PROGNOSIS));
 
-    let p = respond::parse(patient);
+    let p: Deceased = serde_json::from_str(&patient.content).unwrap_or_else(|e| {
+        tracing::error!(patient = %patient.id, error = %e, "a stored Patient could not be read for the emergency summary");
+        Deceased::default()
+    });
     let deceased = p
-        .get("deceasedDateTime")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .or_else(|| {
-            p.get("deceasedBoolean")
-                .and_then(Value::as_bool)
-                .filter(|b| *b)
-                .map(|_| "yes".to_string())
-        });
+        .deceased_date_time
+        .map(Cow::into_owned)
+        .or_else(|| p.deceased_boolean.filter(|b| *b).map(|_| "yes".to_string()));
     let mut sections = vec![
         section(
             "CPR decision",
@@ -386,7 +597,17 @@ fn build_document(
         ),
     ];
     if let Some(d) = &deceased {
-        sections.insert(0, json!({"title": "Deceased", "text": {"status": "generated", "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">This person has died ({})</div>", html_escape(d))}}));
+        sections.insert(
+            0,
+            Section {
+                title: "Deceased",
+                code: None,
+                empty_reason: None,
+                entry: Vec::new(),
+                extension: Vec::new(),
+                text: Narrative::of(&format!("This person has died ({d})")),
+            },
+        );
     }
     let latest = items
         .iter()
@@ -395,23 +616,29 @@ fn build_document(
         .max()
         .unwrap_or(0);
     let now = date::format_instant(date::now_micros());
-    let mut composition = json!({
-        "resourceType": "Composition",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "status": "final",
-        "type": {"coding": [{"system": codes::SNOMED, "code": "861421000000109", "display": "End of life care coordination summary"}]},
-        "subject": {"reference": full_url(base, patient)},
-        "date": now,
-        "author": [{"display": "epaccs emergency summary service"}],
-        "title": "Emergency summary",
-        "extension": [{"url": "https://fhir.epaccs.nhs.example/StructureDefinition/record-last-updated", "valueInstant": date::format_instant(latest)}],
-    });
-    // Values are moved, never embedded with `json!` (which would serialize each one again).
-    composition["section"] = Value::Array(sections);
-    let composition_url = format!(
-        "urn:uuid:{}",
-        composition["id"].as_str().unwrap_or_default()
-    );
+    let composition = SummaryComposition {
+        resource_type: "Composition",
+        id: uuid::Uuid::new_v4().to_string(),
+        status: "final",
+        kind: Concept1::snomed(
+            "861421000000109",
+            Some("End of life care coordination summary"),
+        ),
+        subject: RefOut {
+            reference: full_url(base, patient),
+        },
+        date: &now,
+        author: [Display {
+            display: "epaccs emergency summary service",
+        }],
+        title: "Emergency summary",
+        extension: [InstantOut {
+            url: "https://fhir.epaccs.nhs.example/StructureDefinition/record-last-updated",
+            value_instant: date::format_instant(latest),
+        }],
+        section: sections,
+    };
+    let composition_url = format!("urn:uuid:{}", composition.id);
     // The resources each section names, once each, in section order.
     let mut order: Vec<(&str, &str)> = Vec::new();
     for group in [
@@ -431,23 +658,21 @@ fn build_document(
         .iter()
         .map(|(st, _)| ((st.resource_type.as_str(), st.id.as_str()), *st))
         .collect();
-    let composition = serde_json::value::to_raw_value(&composition)
-        .map_err(|e| ApiError::Internal(format!("composition: {e}")))?;
     let mut entry = vec![
         DocumentEntry {
             full_url: composition_url,
-            resource: &composition,
+            resource: EntryResource::Built(&composition),
         },
         DocumentEntry {
             full_url: full_url(base, patient),
-            resource: raw(patient)?,
+            resource: EntryResource::Stored(raw(patient)?),
         },
     ];
     for key in &order {
         if let Some(st) = stored.get(key) {
             entry.push(DocumentEntry {
                 full_url: full_url(base, st),
-                resource: raw(st)?,
+                resource: EntryResource::Stored(raw(st)?),
             });
         }
     }
@@ -487,7 +712,16 @@ struct Document<'a> {
 struct DocumentEntry<'a> {
     #[serde(rename = "fullUrl")]
     full_url: String,
-    resource: &'a RawValue,
+    resource: EntryResource<'a>,
+}
+
+/// An entry's resource: the Composition built here (serialized once, in place), or a stored
+/// resource sent as stored.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EntryResource<'a> {
+    Built(&'a SummaryComposition<'a>),
+    Stored(&'a RawValue),
 }
 
 enum Lookup {
@@ -641,4 +875,87 @@ pub async fn everything(
         })
         .await?;
     Ok(respond::json(StatusCode::OK, &b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(ty: &str, content: Value) -> Stored {
+        Stored {
+            resource_type: ty.to_string(),
+            id: "x".to_string(),
+            version_id: 1,
+            last_updated: 0,
+            deleted: false,
+            patient_key: None,
+            content: content.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_view_reads_what_the_value_tree_did() {
+        let episode = stored(
+            "EpisodeOfCare",
+            json!({"resourceType": "EpisodeOfCare", "status": "active",
+                "type": [{"coding": [{"system": "s", "code": "a"}]}, {"coding": [{"code": "b"}, {"display": "no code"}]}],
+                "period": {"start": "2026-01-01"}, "unknown": {"deep": [1, {"x": null}]}}),
+        );
+        let v = View::of(&episode);
+        assert_eq!(v.status(), "active");
+        assert!(v.has_code(&["b"]) && v.has_code(&["a"]) && !v.has_code(&["c"]));
+        assert_eq!(v.effective(), i64::MIN, "period is not an effective date");
+
+        // Escaped strings are read unescaped; the first date present decides.
+        let obs = stored(
+            "Observation",
+            json!({"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"code": "450476008"}], "text": "\"quoted\""},
+                "valueCodeableConcept": {"coding": [{"code": "v\\1"}]},
+                "issued": "2026-03-01T00:00:00Z", "effectivePeriod": {"start": "2026-02-01"},
+                "extension": [{"url": "other", "valueDate": "2000-01-01"},
+                              {"url": REVIEW_DATE_URL, "valueDateTime": "2001-02-03T04:05:06Z"}]}),
+        );
+        let v = View::of(&obs);
+        assert_eq!(v.status(), "final");
+        assert!(v.has_code(&["450476008"]) && v.has_code(&["v\\1"]));
+        assert_eq!(
+            v.effective(),
+            date::parse_range("2026-03-01T00:00:00Z").expect("date").low
+        );
+        assert_eq!(v.overdue().as_deref(), Some("2001-02-03T04:05:06Z"));
+
+        let index = stored(
+            "DocumentReference",
+            json!({"resourceType": "DocumentReference", "status": "superseded",
+                "content": [{"attachment": {"url": "Composition/old"}}],
+                "relatesTo": [{"code": "replaces", "target": {"reference": "DocumentReference/prev"}},
+                              {"code": "appends", "target": {"reference": "DocumentReference/other"}}]}),
+        );
+        let v = View::of(&index);
+        let urls: Vec<_> = v
+            .content
+            .iter()
+            .filter_map(|c| c.attachment.as_ref()?.url.as_deref())
+            .collect();
+        assert_eq!(urls, ["Composition/old"]);
+        let replaced: Vec<_> = v
+            .relates_to
+            .iter()
+            .filter(|r| r.code.as_deref() == Some("replaces"))
+            .filter_map(|r| r.target.as_ref()?.url.as_deref())
+            .collect();
+        assert_eq!(replaced, ["DocumentReference/prev"]);
+    }
+
+    #[test]
+    fn a_damaged_row_reads_as_empty_rather_than_failing_the_summary() {
+        let damaged = Stored {
+            content: "{\"status\": 7".to_string(),
+            ..stored("Observation", json!({}))
+        };
+        let v = View::of(&damaged);
+        assert_eq!(v.status(), "");
+        assert!(!v.has_code(&["450476008"]));
+    }
 }
