@@ -287,7 +287,7 @@ fn section(
     base: &str,
 ) -> Section {
     let mut text = String::new();
-    let overdue_since = entries.iter().filter_map(|(_, v)| v.overdue()).last();
+    let overdue_since = entries.iter().rev().find_map(|(_, v)| v.overdue());
     let mut sec = Section {
         title,
         code: code.map(|c| Concept1::snomed(c, None)),
