@@ -103,6 +103,10 @@ async fn summary_shows_only_current_decisions(b: Backend) {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["type"], "document");
+    assert_eq!(r.body["resourceType"], "Bundle");
+    assert_eq!(r.body["identifier"]["system"], "urn:ietf:rfc:3986");
+    assert!(r.body["timestamp"].is_string() && r.body["id"].is_string());
+    assert_eq!(r.body["meta"]["lastUpdated"], r.body["timestamp"]);
     assert_eq!(
         r.body["entry"][0]["resource"]["resourceType"],
         "Composition"

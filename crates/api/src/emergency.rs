@@ -13,7 +13,6 @@ use epaccs_fhir::validate::Issue;
 use epaccs_store::resources;
 use epaccs_store::{StoreError, Stored};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::borrow::Cow;
 
@@ -651,77 +650,51 @@ fn build_document(
             }
         }
     }
-    // The resources go out as stored (`RawValue`): parsed above only to choose them, never
-    // serialized again.
     let stored: std::collections::HashMap<(&str, &str), &Stored> = s
         .items
         .iter()
         .map(|(st, _)| ((st.resource_type.as_str(), st.id.as_str()), *st))
         .collect();
-    let mut entry = vec![
-        DocumentEntry {
-            full_url: composition_url,
-            resource: EntryResource::Built(&composition),
-        },
-        DocumentEntry {
-            full_url: full_url(base, patient),
-            resource: EntryResource::Stored(raw(patient)?),
-        },
-    ];
+    // The Bundle is written out by hand so that the stored resources go out byte for byte as
+    // stored, as a read sends them: never parsed again to be embedded, never re-serialized.
+    let mut entries: Vec<(String, &str)> = vec![(full_url(base, patient), &patient.content)];
     for key in &order {
         if let Some(st) = stored.get(key) {
-            entry.push(DocumentEntry {
-                full_url: full_url(base, st),
-                resource: EntryResource::Stored(raw(st)?),
-            });
+            entries.push((full_url(base, st), &st.content));
         }
     }
-    let document = Document {
-        resource_type: "Bundle",
-        id: uuid::Uuid::new_v4().to_string(),
-        meta: json!({"lastUpdated": now}),
-        kind: "document",
-        identifier: json!({"system": "urn:ietf:rfc:3986", "value": format!("urn:uuid:{}", uuid::Uuid::new_v4())}),
-        timestamp: &now,
-        entry,
-    };
-    serde_json::to_string(&document).map_err(|e| ApiError::Internal(format!("summary: {e}")))
-}
-
-/// A stored resource as it will be sent (written by this server, so always valid JSON).
-fn raw(st: &Stored) -> Result<&RawValue, ApiError> {
-    serde_json::from_str::<&RawValue>(&st.content)
-        .map_err(|e| ApiError::Internal(format!("stored {}: {e}", st.resource_type)))
-}
-
-/// The summary's document Bundle, serialized with its resources as stored.
-#[derive(Serialize)]
-struct Document<'a> {
-    #[serde(rename = "resourceType")]
-    resource_type: &'static str,
-    id: String,
-    meta: Value,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    identifier: Value,
-    timestamp: &'a str,
-    entry: Vec<DocumentEntry<'a>>,
-}
-
-#[derive(Serialize)]
-struct DocumentEntry<'a> {
-    #[serde(rename = "fullUrl")]
-    full_url: String,
-    resource: EntryResource<'a>,
-}
-
-/// An entry's resource: the Composition built here (serialized once, in place), or a stored
-/// resource sent as stored.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum EntryResource<'a> {
-    Built(&'a SummaryComposition<'a>),
-    Stored(&'a RawValue),
+    let capacity = 2048
+        + entries
+            .iter()
+            .map(|(u, c)| u.len() + c.len() + 32)
+            .sum::<usize>();
+    let mut out: Vec<u8> = Vec::with_capacity(capacity);
+    let fail = |e: serde_json::Error| ApiError::Internal(format!("summary: {e}"));
+    let string = |out: &mut Vec<u8>, s: &str| serde_json::to_writer(out, s).map_err(fail);
+    out.extend_from_slice(br#"{"resourceType":"Bundle","id":"#);
+    string(&mut out, &uuid::Uuid::new_v4().to_string())?;
+    out.extend_from_slice(br#","meta":{"lastUpdated":"#);
+    string(&mut out, &now)?;
+    out.extend_from_slice(
+        br#"},"type":"document","identifier":{"system":"urn:ietf:rfc:3986","value":"#,
+    );
+    string(&mut out, &format!("urn:uuid:{}", uuid::Uuid::new_v4()))?;
+    out.extend_from_slice(br#"},"timestamp":"#);
+    string(&mut out, &now)?;
+    out.extend_from_slice(br#","entry":[{"fullUrl":"#);
+    string(&mut out, &composition_url)?;
+    out.extend_from_slice(br#","resource":"#);
+    serde_json::to_writer(&mut out, &composition).map_err(fail)?;
+    out.push(b'}');
+    for (url, content) in &entries {
+        out.extend_from_slice(br#",{"fullUrl":"#);
+        string(&mut out, url)?;
+        out.extend_from_slice(br#","resource":"#);
+        out.extend_from_slice(content.as_bytes());
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    String::from_utf8(out).map_err(|e| ApiError::Internal(format!("summary: {e}")))
 }
 
 enum Lookup {
