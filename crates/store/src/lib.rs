@@ -273,7 +273,7 @@ impl Store {
         id: &str,
     ) -> Result<Stored, StoreError> {
         let row = self.current(ty, id).await?;
-        resources::decide_read(&gate, row.row()?.clone())
+        resources::decide_read(&gate, row.row()?)
     }
 
     /// The current row of a resource, before the gate (cached).
@@ -305,14 +305,18 @@ impl Store {
             return Ok(None);
         }
         ids.sort();
-        let mut rows = Vec::with_capacity(ids.len());
+        let mut cached = Vec::with_capacity(ids.len());
         for id in &ids {
             match self.current("Patient", id).await {
-                Ok(row) => rows.push(row.row()?.clone()),
+                Ok(row) => cached.push(row),
                 // Deleted since the look-up.
                 Err(StoreError::NotFound) => {}
                 Err(e) => return Err(e),
             }
+        }
+        let mut rows = Vec::with_capacity(cached.len());
+        for c in &cached {
+            rows.push(c.row()?);
         }
         let (matches, withheld) =
             resources::gate_compartment(&gate, rows.into_iter().filter(|r| !r.deleted))?;
@@ -340,7 +344,7 @@ impl Store {
                 )?))
             })
             .await?;
-        resources::gate_compartment(&gate, rows.rows()?.iter().cloned())
+        resources::gate_compartment(&gate, rows.rows()?.iter())
     }
 
     /// Live Patient ids carrying this NHS number (not gated: see `resources::patients_by_nhs`).

@@ -15,6 +15,7 @@ use epaccs_fhir::registry::{PatientLink, ResourceKind};
 use epaccs_fhir::search::IndexRows;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A resource version as stored: the exact JSON text with server-owned `id` and `meta`.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +51,32 @@ pub(crate) struct ResourceRow {
     pub facts: Option<String>,
 }
 
+/// A row handed to the gate: owned (moved into the answer) or borrowed from the read cache
+/// (only the answer's fields are copied, never the row's sharing facts).
+pub(crate) trait RowSource: std::borrow::Borrow<ResourceRow> {
+    fn into_stored(self) -> Stored;
+}
+
+impl RowSource for ResourceRow {
+    fn into_stored(self) -> Stored {
+        self.stored()
+    }
+}
+
+impl RowSource for &ResourceRow {
+    fn into_stored(self) -> Stored {
+        Stored {
+            resource_type: self.res_type.clone(),
+            id: self.id.clone(),
+            version_id: self.version_id,
+            last_updated: self.last_updated,
+            deleted: self.deleted,
+            patient_key: self.patient_key.clone(),
+            content: self.content.clone(),
+        }
+    }
+}
+
 impl ResourceRow {
     fn stored(self) -> Stored {
         Stored {
@@ -72,26 +99,53 @@ fn parse_facts(raw: Option<&str>) -> Result<PatientFacts, StoreError> {
     }
 }
 
+/// A patient's sharing facts as parsed from `raw`, remembered per thread by patient and by the
+/// exact text parsed: a read of a cached row does not parse the same facts again, and facts
+/// that changed (a consent withdrawn) never match the remembered text, so they are parsed anew.
+fn facts_of(key: &str, raw: Option<&str>) -> Result<Arc<PatientFacts>, StoreError> {
+    /// Patients remembered per thread before the memo starts afresh.
+    const MEMO_PATIENTS: usize = 4096;
+    type Memo = HashMap<String, (Option<String>, Arc<PatientFacts>)>;
+    thread_local! {
+        static MEMO: std::cell::RefCell<Memo> = std::cell::RefCell::new(HashMap::new());
+    }
+    MEMO.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        if let Some((seen, facts)) = memo.get(key) {
+            if seen.as_deref() == raw {
+                return Ok(facts.clone());
+            }
+        }
+        let facts = Arc::new(parse_facts(raw)?);
+        if memo.len() >= MEMO_PATIENTS {
+            memo.clear();
+        }
+        memo.insert(key.to_string(), (raw.map(str::to_string), facts.clone()));
+        Ok(facts)
+    })
+}
+
 /// Asks the gate about one row. `log` records the decision as a disclosure for the audit.
 pub(crate) fn gate_row(
     gate: &Gate,
-    row: ResourceRow,
-    cache: &mut HashMap<String, PatientFacts>,
+    source: impl RowSource,
+    cache: &mut HashMap<String, Arc<PatientFacts>>,
     log: bool,
 ) -> Result<Decided<Stored>, StoreError> {
+    let row: &ResourceRow = source.borrow();
     let patient = match &row.patient_key {
         Some(k) => {
             if !cache.contains_key(k) {
-                cache.insert(k.clone(), parse_facts(row.facts.as_deref())?);
+                cache.insert(k.clone(), facts_of(k, row.facts.as_deref())?);
             }
-            cache.get(k).map(|f| (k.as_str(), f))
+            cache.get(k).map(|f| (k.as_str(), &**f))
         }
         None => None,
     };
     if !log {
         let ok = gate.would_read(patient, &row.res_type, &row.writer_org);
         return Ok(if ok {
-            Decided::Visible(row.stored())
+            Decided::Visible(source.into_stored())
         } else {
             Decided::Withheld {
                 reveal: false,
@@ -100,7 +154,7 @@ pub(crate) fn gate_row(
         });
     }
     let d = gate.check_read(patient, &row.res_type, &row.id, &row.writer_org);
-    Ok(Gate::gated(d, row.stored()))
+    Ok(Gate::gated(d, source.into_stored()))
 }
 
 const COLUMNS: &str = "r.res_type, r.id, r.version_id, r.patient_key, r.writer_org, r.deleted, r.last_updated, r.content, pa.facts";
@@ -130,7 +184,7 @@ pub fn read(conn: &mut DbConn, gate: &Gate, ty: &str, id: &str) -> Result<Stored
 }
 
 /// The gate's decision on a current row, as a read's answer.
-pub(crate) fn decide_read(gate: &Gate, row: ResourceRow) -> Result<Stored, StoreError> {
+pub(crate) fn decide_read(gate: &Gate, row: impl RowSource) -> Result<Stored, StoreError> {
     match gate_row(gate, row, &mut HashMap::new(), true)? {
         Decided::Visible(s) if s.deleted => Err(StoreError::Gone {
             version_id: s.version_id,
@@ -1273,9 +1327,9 @@ pub(crate) fn compartment_rows(
 }
 
 /// The gate's decisions on a patient's rows: what may be shown, and how many were withheld.
-pub(crate) fn gate_compartment(
+pub(crate) fn gate_compartment<R: RowSource>(
     gate: &Gate,
-    rows: impl IntoIterator<Item = ResourceRow>,
+    rows: impl IntoIterator<Item = R>,
 ) -> Result<(Vec<Stored>, usize), StoreError> {
     let mut cache = HashMap::new();
     let mut out = Vec::new();
@@ -1308,4 +1362,41 @@ pub fn patients_by_demographics(
         .into_iter()
         .map(|r| r.id)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use epaccs_access::facts::ConsentStatus;
+
+    #[test]
+    fn remembered_facts_never_outlive_a_change() {
+        let given = PatientFacts {
+            consent: ConsentStatus::Given,
+            ..Default::default()
+        };
+        let withdrawn = PatientFacts {
+            consent: ConsentStatus::Withdrawn,
+            ..Default::default()
+        };
+        let raw_given = serde_json::to_string(&given).expect("json");
+        let raw_withdrawn = serde_json::to_string(&withdrawn).expect("json");
+
+        let first = facts_of("p1", Some(&raw_given)).expect("facts");
+        let again = facts_of("p1", Some(&raw_given)).expect("facts");
+        assert!(Arc::ptr_eq(&first, &again), "the same text is parsed once");
+        assert_eq!(*first, given);
+
+        // Withdrawn: the new text is parsed, at once.
+        let now = facts_of("p1", Some(&raw_withdrawn)).expect("facts");
+        assert_eq!(*now, withdrawn);
+        // Another patient with the same text is still their own entry; no facts at all is the
+        // default (no consent).
+        assert_eq!(*facts_of("p2", Some(&raw_given)).expect("facts"), given);
+        assert_eq!(
+            *facts_of("p1", None).expect("facts"),
+            PatientFacts::default()
+        );
+        assert!(facts_of("p3", Some("{not json")).is_err());
+    }
 }

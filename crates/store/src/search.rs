@@ -488,7 +488,7 @@ pub(crate) fn load_gated(
     conn: &mut DbConn,
     gate: &Gate,
     keys: &[(String, String)],
-    cache: &mut HashMap<String, epaccs_access::PatientFacts>,
+    cache: &mut HashMap<String, std::sync::Arc<epaccs_access::PatientFacts>>,
 ) -> Result<Vec<Stored>, StoreError> {
     let mut out = Vec::new();
     for chunk in keys.chunks(200) {
@@ -523,7 +523,7 @@ fn includes(
     gate: &Gate,
     q: &Query,
     matches: &[Stored],
-    cache: &mut HashMap<String, epaccs_access::PatientFacts>,
+    cache: &mut HashMap<String, std::sync::Arc<epaccs_access::PatientFacts>>,
 ) -> Result<Vec<Stored>, StoreError> {
     let mut seen: BTreeSet<(String, String)> = matches
         .iter()
