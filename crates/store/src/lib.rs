@@ -314,10 +314,10 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        let mut rows = Vec::with_capacity(cached.len());
-        for c in &cached {
-            rows.push(c.row()?);
-        }
+        let rows = cached
+            .iter()
+            .map(|c| c.row())
+            .collect::<Result<Vec<_>, _>>()?;
         let (matches, withheld) =
             resources::gate_compartment(&gate, rows.into_iter().filter(|r| !r.deleted))?;
         Ok(Some(search::SearchPage {
