@@ -111,7 +111,12 @@ impl FromRequest for Caller {
                 })?;
             let principal = state.tokens.verify(token).await.map_err(|e| match e {
                 epaccs_auth::AuthError::Unavailable(m) => ApiError::Unavailable(m),
-                other => ApiError::Unauthorized(other.to_string()),
+                other => {
+                    // No verified caller, so no AuditEvent (see the README's sharing layer);
+                    // the refusal is logged for security monitoring, never the token.
+                    tracing::info!(target: "epaccs::auth", reason = %other, path = %target.split('?').next().unwrap_or_default(), "bearer token refused");
+                    ApiError::Unauthorized(other.to_string())
+                }
             })?;
             Ok(Caller {
                 gate: Arc::new(Gate::new(principal, state.rules.clone())),
