@@ -282,6 +282,18 @@ async fn break_glass_is_audited_and_alerted(b: Backend) {
     assert!(all.entries(None).len() >= 2);
     let by_agent = po.get("/AuditEvent?agent=555000111222").await;
     assert_eq!(by_agent.entries(None).len(), 1);
+    // The same searches in their other FHIR spellings.
+    let by_url = po
+        .get(&format!(
+            "/AuditEvent?patient={}/Patient/{}",
+            w.app.base, w.patient
+        ))
+        .await;
+    assert_eq!(by_url.entries(None).len(), all.entries(None).len());
+    let by_identifier = po
+        .get("/AuditEvent?agent:identifier=https://fhir.nhs.uk/Id/sds-user-id|555000111222")
+        .await;
+    assert_eq!(by_identifier.entries(None).len(), 1);
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     assert!(!po
         .get(&format!("/AuditEvent?date={today}"))

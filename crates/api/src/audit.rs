@@ -20,10 +20,12 @@ fn parse_query(pairs: &[(String, String)]) -> Result<AuditQuery, ApiError> {
         match k.as_str() {
             "_id" => q.id = Some(v.clone()),
             "patient" | "entity" => {
-                let id = v.strip_prefix("Patient/").unwrap_or(v);
+                // `id`, `Patient/id` or the absolute URL.
+                let id = v.rsplit_once("Patient/").map_or(v.as_str(), |(_, id)| id);
                 q.patient = Some(id.to_string());
             }
-            "agent" | "agent.identifier" => q.agent = Some(v.rsplit('|').next().unwrap_or(v).to_string()),
+            // A client id or an SDS user id, bare or as `system|value`.
+            "agent" | "agent:identifier" | "agent.identifier" => q.agent = Some(v.rsplit('|').next().unwrap_or(v).to_string()),
             "date" => {
                 let mut ds = epaccs_fhir::query::parse_dates("date", v)?;
                 if ds.len() != 1 {
