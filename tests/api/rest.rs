@@ -524,6 +524,24 @@ async fn capability_statement_reflects_the_server(b: Backend) {
     ] {
         assert!(names.contains(&expected), "{expected} missing");
     }
+    // The audit trail lists the parameters its own search takes, and only those.
+    let audit = resources
+        .iter()
+        .find(|x| x["type"] == "AuditEvent")
+        .expect("AuditEvent");
+    let audit_names: Vec<&str> = audit["searchParam"]
+        .as_array()
+        .expect("params")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for expected in ["patient", "agent", "date", "subtype", "outcome", "_id"] {
+        assert!(
+            audit_names.contains(&expected),
+            "AuditEvent {expected} missing"
+        );
+    }
+    assert!(!audit_names.contains(&"_lastUpdated"));
     for t in [
         "Consent",
         "CarePlan",

@@ -6,6 +6,17 @@ use actix_web::{web, HttpResponse};
 use epaccs_fhir::registry::KINDS;
 use serde_json::{json, Value};
 
+/// The parameters `GET /AuditEvent` takes (name, type, FHIR SearchParameter id).
+const AUDIT_SEARCH: &[(&str, &str, &str)] = &[
+    ("patient", "reference", "AuditEvent-patient"),
+    ("entity", "reference", "AuditEvent-entity"),
+    ("agent", "reference", "AuditEvent-agent"),
+    ("date", "date", "AuditEvent-date"),
+    ("type", "token", "AuditEvent-type"),
+    ("subtype", "token", "AuditEvent-subtype"),
+    ("outcome", "token", "AuditEvent-outcome"),
+];
+
 pub fn statement(state: &AppState) -> Value {
     let params = state.store.params();
     let resources: Vec<Value> = KINDS
@@ -17,7 +28,14 @@ pub fn statement(state: &AppState) -> Value {
                 .map(|p| json!({"name": p.code, "definition": p.url, "type": p.kind.as_str(), "documentation": p.description}))
                 .collect();
             search.push(json!({"name": "_id", "type": "token"}));
-            search.push(json!({"name": "_lastUpdated", "type": "date"}));
+            if k.name == "AuditEvent" {
+                // The audit trail has its own search (`api/src/audit.rs`), over its own columns.
+                search.extend(AUDIT_SEARCH.iter().map(|(name, kind, url)| {
+                    json!({"name": name, "type": kind, "definition": format!("http://hl7.org/fhir/SearchParameter/{url}")})
+                }));
+            } else {
+                search.push(json!({"name": "_lastUpdated", "type": "date"}));
+            }
             let interactions: Vec<Value> = if k.client_writable {
                 ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
                     .iter()
