@@ -503,16 +503,18 @@ async fn capability_statement_reflects_the_server(b: Backend) {
     assert_eq!(r.body["resourceType"], "CapabilityStatement");
     assert_eq!(r.body["fhirVersion"], "4.0.1");
     let resources = r.body["rest"][0]["resource"].as_array().expect("resources");
-    let patient = resources
-        .iter()
-        .find(|x| x["type"] == "Patient")
-        .expect("Patient");
-    let names: Vec<&str> = patient["searchParam"]
-        .as_array()
-        .expect("params")
-        .iter()
-        .filter_map(|p| p["name"].as_str())
-        .collect();
+    let param_names = |ty: &str| -> Vec<&str> {
+        resources
+            .iter()
+            .find(|x| x["type"] == ty)
+            .unwrap_or_else(|| panic!("{ty} missing"))["searchParam"]
+            .as_array()
+            .expect("params")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect()
+    };
+    let names = param_names("Patient");
     for expected in [
         "identifier",
         "family",
@@ -525,16 +527,7 @@ async fn capability_statement_reflects_the_server(b: Backend) {
         assert!(names.contains(&expected), "{expected} missing");
     }
     // The audit trail lists the parameters its own search takes, and only those.
-    let audit = resources
-        .iter()
-        .find(|x| x["type"] == "AuditEvent")
-        .expect("AuditEvent");
-    let audit_names: Vec<&str> = audit["searchParam"]
-        .as_array()
-        .expect("params")
-        .iter()
-        .filter_map(|p| p["name"].as_str())
-        .collect();
+    let audit_names = param_names("AuditEvent");
     for expected in ["patient", "agent", "date", "subtype", "outcome", "_id"] {
         assert!(
             audit_names.contains(&expected),
