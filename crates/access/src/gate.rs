@@ -168,6 +168,11 @@ impl Gate {
                 },
                 _ => Decision::Permit(crate::rules::Basis::WriterOrganisation),
             },
+            None if action == Action::Write
+                && crate::rules::REFERENCE_DATA.contains(&resource_type) =>
+            {
+                crate::rules::decide_reference_data(&self.rules, &self.principal, writer_org)
+            }
             None => Decision::Permit(crate::rules::Basis::Relationship),
         };
         self.record(

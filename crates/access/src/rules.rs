@@ -64,7 +64,25 @@ pub struct Rules {
     pub break_glass_roles: Vec<Role>,
     /// The organisation that wrote a resource can always read it.
     pub writer_organisation_reads: bool,
+    /// Roles that may create shared reference data (Organization, Practitioner,
+    /// PractitionerRole, Location). Only the organisation that wrote an entry, or an admin,
+    /// may change or delete it.
+    #[serde(default = "default_reference_data_roles")]
+    pub reference_data_roles: Vec<Role>,
 }
+
+fn default_reference_data_roles() -> Vec<Role> {
+    vec![
+        Role::Gp,
+        Role::Community,
+        Role::Hospice,
+        Role::Acute,
+        Role::Admin,
+    ]
+}
+
+/// Shared reference data: not about one person, but what decides a relationship with them.
+pub const REFERENCE_DATA: [&str; 4] = ["Organization", "Practitioner", "PractitionerRole", "Location"];
 
 #[derive(Debug, thiserror::Error)]
 #[error("sharing rules are not valid: {0}")]
@@ -91,6 +109,7 @@ impl Default for Rules {
                 Role::Acute,
             ],
             writer_organisation_reads: true,
+            reference_data_roles: default_reference_data_roles(),
         }
     }
 }
@@ -102,6 +121,31 @@ impl Rules {
 
     pub fn may_break_glass(&self, role: Role) -> bool {
         self.break_glass_roles.contains(&role)
+    }
+}
+
+/// Decides a write of shared reference data (`REFERENCE_DATA`). Reads are open to every caller.
+/// A GP practice's relationship with a person follows the ODS code of the Organization its
+/// Patient names, so whoever could re-point that entry could take over the record: entries are
+/// created by the reference-data roles, changed or deleted only by the organisation that wrote
+/// them or by an admin (and an Organization's ODS code never changes, see the store).
+pub fn decide_reference_data(rules: &Rules, who: &Principal, writer_org: Option<&str>) -> Decision {
+    let deny = |reason: String| Decision::Deny {
+        reveal: false,
+        reason,
+    };
+    if !rules.reference_data_roles.contains(&who.role) {
+        return deny(format!(
+            "the {} role may not write shared reference data",
+            who.role
+        ));
+    }
+    match writer_org {
+        Some(o) if o != who.org.as_str() && who.role != Role::Admin => deny(
+            "shared reference data is changed only by the organisation that wrote it, or by an admin"
+                .into(),
+        ),
+        _ => Decision::Permit(Basis::Relationship),
     }
 }
 
@@ -161,13 +205,38 @@ pub fn decide(
             let new_record = facts.writer_orgs.is_empty()
                 && facts.gp_orgs.is_empty()
                 && facts.care_team_orgs.is_empty();
-            if new_record {
-                Decision::Permit(Basis::NewRecord)
+            let basis = if new_record {
+                Basis::NewRecord
             } else if facts.has_relationship(&who.org) {
-                Decision::Permit(Basis::Relationship)
+                Basis::Relationship
             } else {
-                deny("no legitimate relationship with this person")
+                return deny("no legitimate relationship with this person");
+            };
+            // Never write what you may not read: changing or deleting an existing resource
+            // needs a read of it permitted by the rules (break-glass reads do not count).
+            if what.writer_org.is_some()
+                && !matches!(
+                    decide(rules, who, facts, what, Action::Read, now),
+                    Decision::Permit(_)
+                )
+            {
+                return deny("you may not read this resource, so you may not change it");
             }
+            // Who may record the person's consent to share (SCCI1580: given by the person, a
+            // best-interests decision, or an LPA holder, recorded by a professional): while no
+            // statement is recorded, any organisation that may write to the record; after one,
+            // the registered GP practice or the organisation that recorded the statement in
+            // force, so an organisation that a withdrawal shut out cannot re-open the record.
+            if what.resource_type == "Consent"
+                && facts.consent != crate::facts::ConsentStatus::None
+                && !facts.gp_orgs.contains(who.org.as_str())
+                && facts.consent_by.as_deref() != Some(who.org.as_str())
+            {
+                return deny(
+                    "the person's consent to share is recorded by their GP practice or by the organisation that recorded the statement in force",
+                );
+            }
+            Decision::Permit(basis)
         }
         Action::Read => {
             if facts.consent_in_force(now) {
@@ -273,19 +342,27 @@ mod tests {
             // non-clinical roles never see clinical data
             (PrivacyOfficer, "PO001", Treat, Given, Action::Read, E::DenySilent),
             (Admin, "AD001", BreakGlass, Given, Action::Read, E::DenySilent),
-            // writes: by role and relationship, not by consent
+            // creates: by role and relationship, not by consent
             (Gp, "GP001", Treat, None, Action::Write, E::Permit),
             (Hospice, "HOS01", Treat, Withdrawn, Action::Write, E::Permit),
             (Hospice, "HOS99", Treat, Given, Action::Write, E::DenyReveal),
             (Ambulance, "RX801", EmergencyTreat, Given, Action::Write, E::DenyReveal),
         ];
         let rules = Rules::default();
+        let new_obs = Subject {
+            resource_type: "Observation",
+            writer_org: Option::None,
+        };
         for (role, org, purpose, consent, action, expected) in rows {
+            let what = match action {
+                Action::Read => obs_by_gp,
+                Action::Write => new_obs,
+            };
             let got = decide(
                 &rules,
                 &principal(*role, org, *purpose),
                 &facts(*consent),
-                obs_by_gp,
+                what,
                 *action,
                 0,
             );
@@ -295,6 +372,73 @@ mod tests {
                 "{role:?} {org} {purpose:?} {consent:?} {action:?}"
             );
         }
+    }
+
+    /// A write to an existing resource needs a read of it (hazard: one organisation
+    /// overwriting another's decision; withdrawn consent not honoured).
+    #[test]
+    fn never_write_what_you_may_not_read() {
+        let rules = Rules::default();
+        let hospice = principal(Hospice, "HOS01", Treat);
+        let gp_obs = Subject {
+            resource_type: "Observation",
+            writer_org: Some("GP001"),
+        };
+        let own_obs = Subject {
+            resource_type: "Observation",
+            writer_org: Some("HOS01"),
+        };
+        // consent given: the hospice reads the GP's entry, so may change it (ownership of
+        // decisions is the store's further rule)
+        assert!(decide(&rules, &hospice, &facts(Given), gp_obs, Action::Write, 0).permits());
+        // withdrawn: the GP's entry is withheld from the hospice, so it may not change it
+        assert!(!decide(&rules, &hospice, &facts(Withdrawn), gp_obs, Action::Write, 0).permits());
+        assert!(!decide(&rules, &hospice, &facts(None), gp_obs, Action::Write, 0).permits());
+        // its own entries it still may
+        assert!(decide(&rules, &hospice, &facts(Withdrawn), own_obs, Action::Write, 0).permits());
+        // break-glass reads never open writes
+        let crew = principal(Ambulance, "RX801", BreakGlass);
+        assert!(!decide(&rules, &crew, &facts(Withdrawn), gp_obs, Action::Write, 0).permits());
+    }
+
+    /// After a consent statement, only the GP practice or the organisation that recorded the
+    /// statement in force may record another.
+    #[test]
+    fn who_may_record_consent() {
+        let rules = Rules::default();
+        let consent = Subject {
+            resource_type: "Consent",
+            writer_org: Option::None,
+        };
+        let mut f = facts(Withdrawn);
+        f.consent_by = Some("GP001".into());
+        let hospice = principal(Hospice, "HOS01", Treat);
+        let gp = principal(Gp, "GP001", Treat);
+        assert!(!decide(&rules, &hospice, &f, consent, Action::Write, 0).permits());
+        assert!(decide(&rules, &gp, &f, consent, Action::Write, 0).permits());
+        f.consent_by = Some("HOS01".into());
+        assert!(decide(&rules, &hospice, &f, consent, Action::Write, 0).permits());
+        // no statement yet: any organisation with a relationship
+        let f = facts(None);
+        assert!(decide(&rules, &hospice, &f, consent, Action::Write, 0).permits());
+    }
+
+    /// Shared reference data is written by entitled roles only, and changed only by its writer
+    /// or an admin (hazard: existence of a withheld record revealed / record takeover).
+    #[test]
+    fn reference_data_writers() {
+        let rules = Rules::default();
+        let gp = principal(Gp, "GP001", Treat);
+        let other_gp = principal(Gp, "GP002", Treat);
+        let crew = principal(Ambulance, "RX801", EmergencyTreat);
+        let home = principal(CareHome, "CH001", Treat);
+        let admin = principal(Admin, "AD001", Treat);
+        assert!(decide_reference_data(&rules, &gp, Option::None).permits());
+        assert!(decide_reference_data(&rules, &gp, Some("GP001")).permits());
+        assert!(!decide_reference_data(&rules, &other_gp, Some("GP001")).permits());
+        assert!(!decide_reference_data(&rules, &crew, Option::None).permits());
+        assert!(!decide_reference_data(&rules, &home, Some("CH001")).permits());
+        assert!(decide_reference_data(&rules, &admin, Some("GP001")).permits());
     }
 
     #[test]

@@ -41,6 +41,17 @@ pub fn prepare_put(
     if kind.name == "Subscription" {
         subscription_rules(state, &mut body)?;
     }
+    if kind.name == "Consent" {
+        let problems = epaccs_access::facts::check_consent(&body, epaccs_fhir::date::now_micros());
+        if !problems.is_empty() {
+            return Err(ApiError::Unprocessable(
+                problems
+                    .into_iter()
+                    .map(|(path, message)| validate::Issue::error("business-rule", Some(path), message))
+                    .collect(),
+            ));
+        }
+    }
     match (url_id, body.get("id").and_then(Value::as_str)) {
         (Some(url), Some(b)) if url != b => {
             return Err(ApiError::BadRequest(format!(

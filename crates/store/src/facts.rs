@@ -5,6 +5,7 @@ use crate::db::{execute, load, DbConn, Sql};
 use crate::StoreError;
 use diesel::sql_types::Text;
 use diesel::QueryableByName;
+use epaccs_access::facts::RecordedConsent;
 use epaccs_access::PatientFacts;
 use epaccs_core::OdsCode;
 use serde_json::Value;
@@ -19,6 +20,14 @@ struct FactsRow {
 struct ContentRow {
     #[diesel(sql_type = Text)]
     content: String,
+}
+
+#[derive(QueryableByName)]
+struct ConsentRow {
+    #[diesel(sql_type = Text)]
+    content: String,
+    #[diesel(sql_type = Text)]
+    writer_org: String,
 }
 
 pub(crate) fn load_facts(conn: &mut DbConn, key: &str) -> Result<PatientFacts, StoreError> {
@@ -44,8 +53,28 @@ fn contents(conn: &mut DbConn, key: &str, ty: &str) -> Result<Vec<Value>, StoreE
         .collect())
 }
 
+/// The ODS code of `Organization/{id}`. A deleted Organization still answers with the code it
+/// had: deleting shared reference data never moves access (and its ODS code cannot be changed,
+/// see `resources::check_reference_data`).
+/// The person's Consents, each with the organisation that recorded its current version.
+fn consents(conn: &mut DbConn, key: &str) -> Result<Vec<RecordedConsent>, StoreError> {
+    let mut sql =
+        Sql::new("SELECT content, writer_org FROM resource WHERE res_type = 'Consent' AND patient_key = ");
+    sql.text(key).push(" AND deleted = FALSE");
+    let rows: Vec<ConsentRow> = load(conn, &sql)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(RecordedConsent {
+                value: serde_json::from_str(&r.content).ok()?,
+                recorded_by: Some(r.writer_org),
+            })
+        })
+        .collect())
+}
+
 fn organisation_ods(conn: &mut DbConn, id: &str) -> Option<String> {
-    let mut sql = Sql::new("SELECT content FROM resource WHERE res_type = 'Organization' AND deleted = FALSE AND id = ");
+    let mut sql = Sql::new("SELECT content FROM resource WHERE res_type = 'Organization' AND id = ");
     sql.text(id);
     let row: ContentRow = load::<ContentRow>(conn, &sql).ok()?.pop()?;
     let org: Value = serde_json::from_str(&row.content).ok()?;
@@ -82,7 +111,7 @@ pub(crate) fn after_write(
         writers.insert(o.to_string());
     }
     let patient = contents(conn, key, "Patient")?.into_iter().next();
-    let consents = contents(conn, key, "Consent")?;
+    let consents = consents(conn, key)?;
     let teams = contents(conn, key, "CareTeam")?;
     let mut org_ids: Vec<String> = Vec::new();
     let mut collect_org_refs = |v: &Value| {
@@ -97,7 +126,9 @@ pub(crate) fn after_write(
         collect_org_refs(p);
     }
     teams.iter().for_each(&mut collect_org_refs);
-    consents.iter().for_each(&mut collect_org_refs);
+    consents
+        .iter()
+        .for_each(|c| collect_org_refs(&c.value));
     let mut resolved = std::collections::HashMap::new();
     for id in org_ids {
         if let Some(ods) = organisation_ods(conn, &id) {
