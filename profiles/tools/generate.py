@@ -68,6 +68,11 @@ valuesets = [
     vs("sharing-roles", "Sharing roles", [(r, r) for r in ["gp", "community", "hospice", "ambulance", "urgent-care", "acute", "care-home", "privacy-officer", "admin"]], system=ROLE),
 ]
 
+# "Not yet discussed" has no SNOMED CT code in the domain reference: a local code, so that a CPR
+# status can be recorded as known to be undecided rather than left blank.
+next(v for v in valuesets if v["id"] == "cpr-decision")["compose"]["include"].append(
+    {"system": LOCAL, "concept": [{"code": "cpr-not-yet-discussed", "display": "CPR decision not yet discussed"}]})
+
 codesystems = [
     {"resourceType": "CodeSystem", "id": "sharing-role", "url": ROLE, "version": "0.1.0", "name": "SharingRole",
      "title": "Roles in the EPaCCS sharing rules", "status": "active", "content": "complete", "caseSensitive": True,
@@ -79,7 +84,8 @@ codesystems = [
                  {"code": "actual-place-of-death", "display": "Actual place of death"},
                  {"code": "second-choice", "display": "Second choice"},
                  {"code": "usual-residence", "display": "Is the usual place of residence"},
-                 {"code": "what-matters-to-me", "display": "What matters to me"}]},
+                 {"code": "what-matters-to-me", "display": "What matters to me"},
+                 {"code": "cpr-not-yet-discussed", "display": "CPR decision not yet discussed"}]},
 ]
 
 def el(path, **kw):

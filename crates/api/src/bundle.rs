@@ -18,7 +18,7 @@ use base64::Engine;
 use epaccs_core::Interaction;
 use epaccs_fhir::query::Query;
 use epaccs_store::resources::{self, WriteStatus};
-use epaccs_store::{audit, search, DbConn, StoreError, Stored, WriteOp};
+use epaccs_store::{audit, search, Amendment, DbConn, StoreError, Stored, WriteOp};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -145,6 +145,62 @@ struct Ctx<'a> {
     assigned: HashMap<usize, String>,
     /// POST entries whose ifNoneExist matched an existing resource.
     existing: HashMap<usize, String>,
+    /// Reasons given by the transaction's Provenance entries, by the `Type/id` they target: an
+    /// amendment of a decision another organisation owns needs one.
+    amendments: HashMap<String, Amendment>,
+}
+
+/// The amendments a transaction's Provenance entries give: each Provenance with an activity,
+/// an agent and a reason amends every resource it targets. Run after `urn:uuid` references
+/// are rewritten.
+fn amendments(entries: &[Entry]) -> HashMap<String, Amendment> {
+    let mut out = HashMap::new();
+    for e in entries.iter().filter(|e| e.method == Method::Post) {
+        let Some(p) = e.resource.as_ref() else {
+            continue;
+        };
+        if p.get("resourceType").and_then(Value::as_str) != Some("Provenance") {
+            continue;
+        }
+        let reason: Vec<String> = p
+            .get("reason")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                r.get("text").and_then(Value::as_str).map(str::to_string).or_else(|| {
+                    r.pointer("/coding/0/display")
+                        .or_else(|| r.pointer("/coding/0/code"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+            })
+            .filter(|t| !t.trim().is_empty())
+            .collect();
+        let has_activity = p.get("activity").is_some();
+        let has_agent = p
+            .get("agent")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        if reason.is_empty() || !has_activity || !has_agent {
+            continue;
+        }
+        for t in p.get("target").and_then(Value::as_array).into_iter().flatten() {
+            if let Some((ty, id)) = t
+                .get("reference")
+                .and_then(Value::as_str)
+                .and_then(epaccs_fhir::registry::split_reference)
+            {
+                out.insert(
+                    format!("{ty}/{id}"),
+                    Amendment {
+                        reason: reason.join("; "),
+                    },
+                );
+            }
+        }
+    }
+    out
 }
 
 fn status_line(code: StatusCode) -> String {
@@ -207,6 +263,9 @@ fn run_entry(c: &mut DbConn, cx: &Ctx<'_>, e: &Entry, ret: Return) -> Result<Val
     let params = cx.state.store.params();
     let (ty, id, version, query) = split_url(&e.url);
     let kind = kind(&ty)?;
+    let amendment = id
+        .as_ref()
+        .and_then(|id| cx.amendments.get(&format!("{}/{id}", kind.name)));
     let need = match e.method {
         Method::Get => {
             if id.is_some() {
@@ -307,7 +366,7 @@ fn run_entry(c: &mut DbConn, cx: &Ctx<'_>, e: &Entry, ret: Return) -> Result<Val
         Method::Put => match (id, query) {
             (Some(id), _) => {
                 let put = prepare_put(cx.state, kind, body()?, "PUT", Some(&id))?;
-                resources::apply(
+                resources::apply_amended(
                     c,
                     gate,
                     WriteOp::Update {
@@ -316,6 +375,7 @@ fn run_entry(c: &mut DbConn, cx: &Ctx<'_>, e: &Entry, ret: Return) -> Result<Val
                         if_match: e.if_match,
                         upsert: true,
                     },
+                    amendment,
                 )?
             }
             (None, Some(q)) => {
@@ -365,7 +425,7 @@ fn run_entry(c: &mut DbConn, cx: &Ctx<'_>, e: &Entry, ret: Return) -> Result<Val
                 )])
             })?;
             let put = prepare_put(cx.state, kind, doc, "PATCH", Some(&id))?;
-            resources::apply(
+            resources::apply_amended(
                 c,
                 gate,
                 WriteOp::Update {
@@ -374,6 +434,7 @@ fn run_entry(c: &mut DbConn, cx: &Ctx<'_>, e: &Entry, ret: Return) -> Result<Val
                     if_match: Some(e.if_match.unwrap_or(current.version_id)),
                     upsert: false,
                 },
+                amendment,
             )?
         }
         Method::Delete => {
@@ -382,7 +443,7 @@ fn run_entry(c: &mut DbConn, cx: &Ctx<'_>, e: &Entry, ret: Return) -> Result<Val
                     "conditional delete is not supported; DELETE needs Type/id".into(),
                 )
             })?;
-            resources::apply(
+            resources::apply_amended(
                 c,
                 gate,
                 WriteOp::Delete {
@@ -390,6 +451,7 @@ fn run_entry(c: &mut DbConn, cx: &Ctx<'_>, e: &Entry, ret: Return) -> Result<Val
                     id,
                     if_match: e.if_match,
                 },
+                amendment,
             )?
         }
     };
@@ -422,6 +484,9 @@ fn with_entry(e: &Entry, err: ApiError) -> ApiError {
         ApiError::Conflict(m) => ApiError::Conflict(format!("{n}: {m}")),
         ApiError::Gone(m) => ApiError::Gone(format!("{n}: {m}")),
         ApiError::PreconditionFailed(m) => ApiError::PreconditionFailed(format!("{n}: {m}")),
+        ApiError::PreconditionRequired(m) => {
+            ApiError::PreconditionRequired(format!("{n}: {m}"))
+        }
         ApiError::Unprocessable(mut issues) | ApiError::Invalid(mut issues) => {
             for i in &mut issues {
                 i.message = format!("{n}: {}", i.message);
@@ -479,6 +544,7 @@ fn run_transaction(
             e.url = target.clone();
         }
     }
+    cx.amendments = amendments(entries);
     // 3. The spec's order (DELETE, POST, PUT/PATCH, GET); within the POSTs, a resource is created
     //    before those that reference it. Results go back in request order.
     let mut order: Vec<usize> = (0..entries.len()).collect();
@@ -581,7 +647,7 @@ pub async fn process(
     let result = state
         .store
         .write(move |c| {
-            let mut cx = Ctx { state: &state2, caller: &probe, assigned: HashMap::new(), existing: HashMap::new() };
+            let mut cx = Ctx { state: &state2, caller: &probe, assigned: HashMap::new(), existing: HashMap::new(), amendments: HashMap::new() };
             let outcome: Result<Vec<Value>, ApiError> = if transaction {
                 let mut failure = None;
                 let r = epaccs_store::savepoint(c, |c| match run_transaction(c, &mut cx, &mut entries, ret) {

@@ -14,6 +14,7 @@
 //! | `Conflict` | 409 | `conflict` |
 //! | `Gone` | 410 | `deleted` |
 //! | `PreconditionFailed` | 412 | `conflict` |
+//! | `PreconditionRequired` | 428 | `business-rule` |
 //! | `PayloadTooLarge` | 413 | `too-long` |
 //! | `UnsupportedMediaType` | 415 | `not-supported` |
 //! | `Unprocessable` | 422 | per issue (`processing`, `invariant`...) |
@@ -56,6 +57,9 @@ pub enum ApiError {
     Gone(String),
     #[error("{0}")]
     PreconditionFailed(String),
+    /// The change needs `If-Match` (RFC 6585).
+    #[error("{0}")]
+    PreconditionRequired(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -117,6 +121,7 @@ impl ApiError {
             ApiError::Conflict(m) => one("conflict", m),
             ApiError::Gone(m) => one("deleted", m),
             ApiError::PreconditionFailed(m) => one("conflict", m),
+            ApiError::PreconditionRequired(m) => one("business-rule", m),
             ApiError::PayloadTooLarge(m) => one("too-long", m),
             ApiError::UnsupportedMediaType(m) => one("not-supported", m),
             ApiError::Unavailable(m) => one("transient", m),
@@ -145,6 +150,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::PreconditionRequired(_) => StatusCode::PRECONDITION_REQUIRED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -190,6 +196,7 @@ impl From<StoreError> for ApiError {
             )),
             StoreError::Forbidden { reason, .. } => ApiError::Forbidden(reason),
             StoreError::PreconditionFailed(m) => ApiError::PreconditionFailed(m),
+            StoreError::PreconditionRequired(m) => ApiError::PreconditionRequired(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::Unprocessable(issues) => ApiError::Unprocessable(issues),
             StoreError::BadRequest(m) => ApiError::BadRequest(m),

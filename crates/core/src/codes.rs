@@ -18,6 +18,11 @@ pub const ADVANCE_CARE_PLAN: &str = "736366004";
 pub const CARE_PLAN_CATEGORY: &str = "734163000";
 pub const FOR_CPR: &str = "450475007";
 pub const NOT_FOR_CPR: &str = "450476008";
+/// A CPR status recorded as not yet discussed (local code in `EPACCS_OBSERVABLES`: the domain
+/// reference has no SNOMED CT concept for it).
+pub const CPR_NOT_DISCUSSED: &str = "cpr-not-yet-discussed";
+/// The service's own CodeSystem for observables without a SNOMED CT code.
+pub const EPACCS_OBSERVABLES: &str = "https://fhir.epaccs.nhs.example/CodeSystem/epaccs-observables";
 pub const HAS_ADVANCE_STATEMENT: &str = "816281000000101";
 pub const HAS_ADRT: &str = "816301000000100";
 pub const HAS_ADRT_LIFE_SUSTAINING: &str = "816321000000109";

@@ -464,13 +464,14 @@ fn invariant(key: &str, r: &Value) -> Option<String> {
             _ => None,
         },
         "epaccs-akps-1" => {
-            let v = r.get("valueInteger").and_then(Value::as_i64).or_else(|| {
-                r.pointer("/valueQuantity/value")
-                    .and_then(Value::as_f64)
-                    .map(|f| f as i64)
+            // A decimal such as 40.5 is not a score: never truncated to one.
+            let v = r.get("valueInteger").and_then(Value::as_f64).or_else(|| {
+                r.pointer("/valueQuantity/value").and_then(Value::as_f64)
             });
             match v {
-                Some(n) if (0..=100).contains(&n) && n % 10 == 0 => None,
+                Some(n) if (0.0..=100.0).contains(&n) && n.fract() == 0.0 && n % 10.0 == 0.0 => {
+                    None
+                }
                 Some(n) => Some(format!("{n} is not one of 0, 10, ... 100")),
                 None => Some("no integer value".into()),
             }

@@ -5,6 +5,7 @@ mod cache;
 pub mod clients;
 mod committers;
 pub mod db;
+pub mod decisions;
 mod facts;
 mod instance;
 mod journal;
@@ -72,6 +73,7 @@ pub(crate) mod testdb {
 
 use cache::Cached;
 pub use db::{DatabaseUrl, DbConn};
+pub use decisions::Amendment;
 pub use resources::{HistoryEntry, Put, Stored, WriteOp, Written};
 
 use epaccs_fhir::search::SearchParams;
@@ -93,6 +95,9 @@ pub enum StoreError {
     Forbidden { reveal: bool, reason: String },
     #[error("{0}")]
     PreconditionFailed(String),
+    /// A change that needs `If-Match` (428).
+    #[error("{0}")]
+    PreconditionRequired(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{}", .0.first().map(|i| i.message.clone()).unwrap_or_default())]

@@ -2,6 +2,7 @@
 //! takes a `Gate`.
 
 use crate::db::{execute, load, Bind, DbConn, Sql};
+use crate::decisions::{self, Amendment};
 use crate::facts;
 use crate::search::where_clause;
 use crate::StoreError;
@@ -361,7 +362,18 @@ pub struct Written {
 
 /// Applies one write inside the caller's transaction.
 pub fn apply(conn: &mut DbConn, gate: &Gate, op: WriteOp) -> Result<Written, StoreError> {
-    let written = apply_one(conn, gate, op)?;
+    apply_amended(conn, gate, op, None)
+}
+
+/// Applies one write that may carry an amendment: the reason another organisation gave (a
+/// Provenance in the same transaction) for changing a decision it does not own.
+pub fn apply_amended(
+    conn: &mut DbConn,
+    gate: &Gate,
+    op: WriteOp,
+    amendment: Option<&Amendment>,
+) -> Result<Written, StoreError> {
+    let written = apply_one(conn, gate, op, amendment)?;
     if written.stored.resource_type == "Composition"
         && matches!(written.status, WriteStatus::Created | WriteStatus::Updated)
     {
@@ -370,7 +382,12 @@ pub fn apply(conn: &mut DbConn, gate: &Gate, op: WriteOp) -> Result<Written, Sto
     Ok(written)
 }
 
-fn apply_one(conn: &mut DbConn, gate: &Gate, op: WriteOp) -> Result<Written, StoreError> {
+fn apply_one(
+    conn: &mut DbConn,
+    gate: &Gate,
+    op: WriteOp,
+    amendment: Option<&Amendment>,
+) -> Result<Written, StoreError> {
     match op {
         WriteOp::Create {
             put,
@@ -401,7 +418,7 @@ fn apply_one(conn: &mut DbConn, gate: &Gate, op: WriteOp) -> Result<Written, Sto
             put,
             if_match,
             upsert,
-        } => update(conn, gate, &id, put, if_match, upsert),
+        } => update(conn, gate, &id, put, if_match, upsert, amendment),
         WriteOp::ConditionalUpdate {
             filters,
             put,
@@ -410,7 +427,7 @@ fn apply_one(conn: &mut DbConn, gate: &Gate, op: WriteOp) -> Result<Written, Sto
             Matches::None => {
                 if let Some(body_id) = put.body.get("id").and_then(Value::as_str) {
                     let id = body_id.to_string();
-                    return update(conn, gate, &id, put, if_match, true);
+                    return update(conn, gate, &id, put, if_match, true, amendment);
                 }
                 let id = uuid::Uuid::new_v4().to_string();
                 insert_new(conn, gate, &id, put)
@@ -426,7 +443,7 @@ fn apply_one(conn: &mut DbConn, gate: &Gate, op: WriteOp) -> Result<Written, Sto
                         "the id in the body does not match the resource the condition found".into(),
                     ));
                 }
-                update(conn, gate, &row.id.clone(), put, if_match, false)
+                update(conn, gate, &row.id.clone(), put, if_match, false, amendment)
             }
             Matches::Many => Err(StoreError::PreconditionFailed(
                 "the condition matched more than one resource".into(),
@@ -436,7 +453,7 @@ fn apply_one(conn: &mut DbConn, gate: &Gate, op: WriteOp) -> Result<Written, Sto
             resource_type,
             id,
             if_match,
-        } => delete(conn, gate, &resource_type, &id, if_match),
+        } => delete(conn, gate, &resource_type, &id, if_match, amendment),
     }
 }
 
@@ -686,6 +703,7 @@ fn insert_new(conn: &mut DbConn, gate: &Gate, id: &str, put: Put) -> Result<Writ
     let now = date::now_micros();
     let org = gate.principal().org.to_string();
     let index = index_with_link(&put, key.as_deref());
+    let owned = decisions::is_owned_decision(put.kind.name, &put.body);
     let content = finalize(put.body, put.kind.name, id, 1, now)?;
     let mut sql = Sql::new("INSERT INTO resource (res_type, id, version_id, patient_key, writer_org, deleted, last_updated, content) VALUES (");
     sql.text(put.kind.name)
@@ -748,10 +766,24 @@ fn insert_new(conn: &mut DbConn, gate: &Gate, id: &str, put: Put) -> Result<Writ
         patient_key: key,
         content,
     };
+    if owned {
+        decisions::record(conn, gate, &stored, "CREATE", None, None)?;
+    }
     Ok(Written {
         stored,
         status: WriteStatus::Created,
     })
+}
+
+/// Creates a resource the service writes itself as part of the caller's write (a Provenance),
+/// decided by the gate like any create.
+pub(crate) fn create_internal(
+    conn: &mut DbConn,
+    gate: &Gate,
+    put: Put,
+) -> Result<Written, StoreError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    insert_new(conn, gate, &id, put)
 }
 
 /// Whether a write of a `ty` by `org` leaves the person's sharing facts (`facts`, read in the
@@ -898,6 +930,7 @@ fn deny_write(d: Decision) -> Result<(), StoreError> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn update(
     conn: &mut DbConn,
     gate: &Gate,
@@ -905,6 +938,7 @@ fn update(
     put: Put,
     if_match: Option<i64>,
     upsert: bool,
+    amendment: Option<&Amendment>,
 ) -> Result<Written, StoreError> {
     let Some(current) = current_row(conn, put.kind.name, id)? else {
         if if_match.is_some() {
@@ -939,6 +973,7 @@ fn update(
             )));
         }
     }
+    check_reference_data(&current, &put)?;
     let key = resolve_patient(conn, put.kind, &put.link, id)?;
     if key != current.patient_key && !current.deleted {
         return Err(StoreError::unprocessable(
@@ -946,10 +981,32 @@ fn update(
             "a resource cannot be moved to another person's record; mark it entered-in-error and create a new one",
         ));
     }
+    let before = current.clone().stored();
+    let owned = decisions::check_change(conn, gate, &before, Some(&put.body), if_match, amendment)?;
     check_unique_person(conn, &put, id)?;
+    let org = gate.principal().org.to_string();
+    let refresh_facts = key != current.patient_key || !facts_unchanged(&facts, put.kind.name, &org);
+    let written = write_version(conn, gate, &before, put, key, &org, refresh_facts)?;
+    if owned {
+        decisions::record(conn, gate, &written.stored, "UPDATE", amendment, None)?;
+    }
+    Ok(written)
+}
+
+/// Writes `put` as the next version of `current` on behalf of `org`: the row, its version,
+/// its index rows, the person's sharing facts (when `refresh_facts`), and the outbox.
+fn write_version(
+    conn: &mut DbConn,
+    gate: &Gate,
+    current: &Stored,
+    put: Put,
+    key: Option<String>,
+    org: &str,
+    refresh_facts: bool,
+) -> Result<Written, StoreError> {
+    let id = current.id.as_str();
     let now = date::now_micros().max(current.last_updated + 1);
     let version = current.version_id + 1;
-    let org = gate.principal().org.to_string();
     let index = index_with_link(&put, key.as_deref());
     let content = finalize(put.body, put.kind.name, id, version, now)?;
     let mut set = Sql::new("version_id = ");
@@ -957,7 +1014,7 @@ fn update(
         .push(", patient_key = ")
         .bind(Bind::OptText(key.clone()))
         .push(", writer_org = ")
-        .text(org.clone());
+        .text(org);
     set.push(", deleted = FALSE, last_updated = ")
         .int(now)
         .push(", content = ")
@@ -970,7 +1027,7 @@ fn update(
             id,
             version,
             key.as_deref(),
-            &org,
+            org,
             false,
             now,
             put.method,
@@ -979,24 +1036,111 @@ fn update(
     )?;
     replace_index(conn, put.kind.name, id, &index)?;
     if let Some(k) = &key {
-        if key != current.patient_key || !facts_unchanged(&facts, put.kind.name, &org) {
-            facts::after_write(conn, k, put.kind.name, Some(&org))?;
+        if refresh_facts {
+            facts::after_write(conn, k, put.kind.name, Some(org))?;
         }
     }
     after_write(conn, gate, put.kind.name, id, version, &content, "update")?;
-    let stored = Stored {
-        resource_type: put.kind.name.to_string(),
-        id: id.to_string(),
-        version_id: version,
-        last_updated: now,
-        deleted: false,
-        patient_key: key,
-        content,
-    };
     Ok(Written {
-        stored,
+        stored: Stored {
+            resource_type: put.kind.name.to_string(),
+            id: id.to_string(),
+            version_id: version,
+            last_updated: now,
+            deleted: false,
+            patient_key: key,
+            content,
+        },
         status: WriteStatus::Updated,
     })
+}
+
+/// A change the service makes on its own account to a person's resource, as part of the
+/// caller's write (a ReSPECT form superseded by a newer one; a deceased person's enrolment
+/// ended): versioned, indexed, announced and given a Provenance like any change, but decided by
+/// the rule that makes it, not by the caller's gate, since the caller may not be able to read
+/// the resource. The resource stays its writer's: the caller gains no access through it. Never
+/// returned to the caller.
+pub(crate) fn server_update(
+    conn: &mut DbConn,
+    gate: &Gate,
+    current: &Stored,
+    change: impl FnOnce(&mut Value),
+    reason: &str,
+) -> Result<(), StoreError> {
+    let kind = epaccs_fhir::registry::kind_of(&current.resource_type)
+        .ok_or_else(|| StoreError::Internal("unknown type".into()))?;
+    let mut body: Value =
+        serde_json::from_str(&current.content).map_err(|e| StoreError::Internal(e.to_string()))?;
+    change(&mut body);
+    let index = crate::outbox::params().index(kind.name, &body);
+    let owned = decisions::is_owned_decision(kind.name, &body);
+    let put = Put {
+        kind,
+        body,
+        index,
+        link: PatientLink::None,
+        method: "PUT",
+    };
+    let row = current_row(conn, kind.name, &current.id)?.ok_or(StoreError::NotFound)?;
+    if row.version_id != current.version_id {
+        return Err(StoreError::Conflict(format!(
+            "{}/{} was changed by a concurrent write; retry",
+            kind.name, current.id
+        )));
+    }
+    let key = current.patient_key.clone();
+    let written = write_version(conn, gate, current, put, key, &row.writer_org, false)?;
+    if owned {
+        decisions::record(conn, gate, &written.stored, "UPDATE", None, Some(reason))?;
+    }
+    Ok(())
+}
+
+/// Every live resource of type `ty` in the person's record, whoever wrote it and whatever the
+/// caller may read: the system view that the service's own rules (one current ReSPECT form,
+/// closing a deceased person's record) decide over. Never returned to a caller.
+pub(crate) fn person_resources(
+    conn: &mut DbConn,
+    key: &str,
+    ty: &str,
+) -> Result<Vec<Stored>, StoreError> {
+    let mut sql = Sql::new(&format!("SELECT {COLUMNS} FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.patient_key WHERE r.patient_key = "));
+    sql.text(key)
+        .push(" AND r.res_type = ")
+        .text(ty)
+        .push(" AND r.deleted = FALSE ORDER BY r.last_updated, r.id");
+    Ok(load::<ResourceRow>(conn, &sql)?
+        .into_iter()
+        .map(ResourceRow::stored)
+        .collect())
+}
+
+/// Shared reference data may not silently move access: an Organization's ODS code is what
+/// relationships are decided by, so it never changes (a re-organised body is a new
+/// Organization).
+fn check_reference_data(current: &ResourceRow, put: &Put) -> Result<(), StoreError> {
+    if put.kind.name != "Organization" || current.deleted {
+        return Ok(());
+    }
+    let ods = |v: &Value| -> Vec<String> {
+        v.get("identifier")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|i| i.get("system").and_then(Value::as_str) == Some(epaccs_core::OdsCode::SYSTEM))
+            .filter_map(|i| i.get("value").and_then(Value::as_str))
+            .map(|v| v.to_ascii_uppercase())
+            .collect()
+    };
+    let old: Value = serde_json::from_str(&current.content).unwrap_or(Value::Null);
+    if ods(&old) != ods(&put.body) {
+        return Err(StoreError::unprocessable(
+            "Organization.identifier",
+            "an Organization's ODS code never changes: relationships with people are decided by it; record a re-organised body as a new Organization",
+        ));
+    }
+    Ok(())
 }
 
 fn delete(
@@ -1005,6 +1149,7 @@ fn delete(
     ty: &str,
     id: &str,
     if_match: Option<i64>,
+    amendment: Option<&Amendment>,
 ) -> Result<Written, StoreError> {
     let current = current_row(conn, ty, id)?.ok_or(StoreError::NotFound)?;
     let facts = parse_facts(current.facts.as_deref())?;
@@ -1029,6 +1174,8 @@ fn delete(
             status: WriteStatus::AlreadyDeleted,
         });
     }
+    let owned =
+        decisions::check_change(conn, gate, &current.clone().stored(), None, if_match, amendment)?;
     // Announce the delete while the index still describes the resource.
     crate::outbox::enqueue_matches(conn, ty, id, current.version_id + 1, "delete")?;
     if ty == "Subscription" {
@@ -1066,6 +1213,9 @@ fn delete(
     stored.version_id = version;
     stored.last_updated = now;
     stored.deleted = true;
+    if owned {
+        decisions::record(conn, gate, &stored, "DELETE", amendment, None)?;
+    }
     Ok(Written {
         stored,
         status: WriteStatus::Deleted,
