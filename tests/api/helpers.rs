@@ -499,3 +499,38 @@ pub fn observation(patient_id: &str, code: &str) -> Value {
         "performer": [{"display": "Dr Example, GMC 7654321"}]
     })
 }
+
+#[derive(diesel::QueryableByName)]
+struct ContentRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    content: String,
+}
+
+impl TestApp {
+    /// Every live resource of `ty` in the person's record, read straight from the database with
+    /// no sharing filter (to count what the service holds, not what one caller may see).
+    pub fn stored(&self, ty: &str, pid: &str) -> Vec<Value> {
+        let url = DatabaseUrl::parse(&self.db_url).expect("url");
+        let mut conn = url.connect(false).expect("connect");
+        let mut sql = epaccs_store::db::Sql::new("SELECT content FROM resource WHERE res_type = ");
+        sql.text(ty)
+            .push(" AND patient_key = ")
+            .text(pid)
+            .push(" AND deleted = FALSE");
+        epaccs_store::db::load::<ContentRow>(&mut conn, &sql)
+            .expect("query")
+            .into_iter()
+            .map(|r| serde_json::from_str(&r.content).expect("json"))
+            .collect()
+    }
+
+    /// The person's ReSPECT indexes that are `current`, counted without any sharing filter.
+    pub fn current_respect_indexes(&self, pid: &str) -> Vec<Value> {
+        self.stored("DocumentReference", pid)
+            .into_iter()
+            .filter(|d| {
+                d["status"] == "current" && d["type"]["coding"][0]["code"] == "1382601000000107"
+            })
+            .collect()
+    }
+}

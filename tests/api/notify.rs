@@ -13,7 +13,8 @@ both_backends!(
     delivers_in_order_and_never_a_rolled_back_change,
     survives_receiver_outage_and_server_restart,
     retry_limit_sets_error_and_resumes,
-    payloads_follow_the_subscribers_access
+    payloads_follow_the_subscribers_access,
+    record_locator_pointers_are_withdrawn_at_death
 );
 
 #[derive(Debug, Clone)]
@@ -505,4 +506,39 @@ async fn record_locator_pointers_follow_the_form_and_the_consent(b: Backend) {
         deleted.contains(&first_path) && deleted.contains(&second.path),
         "{deleted:?}"
     );
+}
+
+/// Hazard H09 (deceased person's record still active): a person's death withdraws their
+/// record-locator pointers, with consent still in force.
+async fn record_locator_pointers_are_withdrawn_at_death(b: Backend) {
+    let nrl = Receiver::start().await;
+    let app = TestApp::spawn_with(b, Some(nrl.url.clone())).await;
+    let gp = app.client("gp-system", "A81001", "gp").await;
+    let pid = gp.create_id(&patient(&nhs(1), "Pointer", "A81001")).await;
+    gp.create(&consent(&pid, GIVEN, "2026-01-01")).await;
+    gp.create(&json!({"resourceType": "Composition", "status": "final",
+        "type": {"coding": [{"system": "http://snomed.info/sct", "code": "1382601000000107"}]},
+        "subject": {"reference": format!("Patient/{pid}")}, "date": "2026-10-01", "author": [{"display": "Dr A"}], "title": "ReSPECT form",
+        "section": [{"title": "4", "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Focus on comfort</div>"}}]}))
+        .await;
+    let d = nrl
+        .wait("pointer", |d| puts(d).iter().any(|r| r.method == "PUT"))
+        .await;
+    let path = puts(&d)
+        .into_iter()
+        .find(|r| r.method == "PUT")
+        .expect("put")
+        .path;
+    let mut p = gp.get(&format!("/Patient/{pid}")).await.body;
+    p["deceasedDateTime"] = json!("2026-11-30");
+    assert_eq!(
+        gp.put(&format!("/Patient/{pid}"), &p, &[]).await.status,
+        200
+    );
+    let d = nrl
+        .wait("pointer withdrawn", |d| {
+            d.iter().any(|r| r.method == "DELETE" && r.path == path)
+        })
+        .await;
+    assert!(d.iter().any(|r| r.method == "DELETE" && r.path == path));
 }

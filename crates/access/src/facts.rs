@@ -494,7 +494,12 @@ fn check_provision(p: &Value, path: &str, depth: usize, problems: &mut Vec<(Stri
         }
     }
     for (i, nested) in arr(p, "provision").enumerate() {
-        check_provision(nested, &format!("{path}.provision[{i}]"), depth + 1, problems);
+        check_provision(
+            nested,
+            &format!("{path}.provision[{i}]"),
+            depth + 1,
+            problems,
+        );
     }
 }
 
@@ -539,25 +544,46 @@ mod tests {
         use codes::consent::{GIVEN, WITHDRAWN};
         let rows: &[(&str, &str, ConsentStatus)] = &[
             // a withdrawal dated the same day as a timed consent: cannot be ordered, withdrawn
-            ("2026-12-04T09:00:00Z", "2026-12-04", ConsentStatus::Withdrawn),
+            (
+                "2026-12-04T09:00:00Z",
+                "2026-12-04",
+                ConsentStatus::Withdrawn,
+            ),
             // ... and the other way round
-            ("2026-12-04", "2026-12-04T09:00:00Z", ConsentStatus::Withdrawn),
+            (
+                "2026-12-04",
+                "2026-12-04T09:00:00Z",
+                ConsentStatus::Withdrawn,
+            ),
             // an offset: 10:00+14:00 is 20:00 UTC the day before, after the consent at 09:00Z
-            ("2026-12-03T09:00:00Z", "2026-12-04T10:00:00+14:00", ConsentStatus::Withdrawn),
+            (
+                "2026-12-03T09:00:00Z",
+                "2026-12-04T10:00:00+14:00",
+                ConsentStatus::Withdrawn,
+            ),
             // text order would put the withdrawal (06:00+09:00, i.e. 21:00Z on the 3rd) after the
             // consent at 22:00Z on the 3rd; in time it came before
-            ("2026-12-03T22:00:00Z", "2026-12-04T06:00:00+09:00", ConsentStatus::Given),
+            (
+                "2026-12-03T22:00:00Z",
+                "2026-12-04T06:00:00+09:00",
+                ConsentStatus::Given,
+            ),
             // clearly before: the later consent decides
             ("2026-12-04T09:00:00Z", "2026-12-03", ConsentStatus::Given),
-            ("2026-12-04T09:00:00Z", "2026-12-04T08:59:59Z", ConsentStatus::Given),
+            (
+                "2026-12-04T09:00:00Z",
+                "2026-12-04T08:59:59Z",
+                ConsentStatus::Given,
+            ),
             // a consent dated 2099 cannot outrank a withdrawal recorded after it
-            ("2099-01-01", "2026-12-04T10:00:00Z", ConsentStatus::Withdrawn),
+            (
+                "2099-01-01",
+                "2026-12-04T10:00:00Z",
+                ConsentStatus::Withdrawn,
+            ),
         ];
         for (given_at, withdrawn_at, expected) in rows {
-            let g = recorded_at(
-                consent(GIVEN, "active", given_at),
-                "2026-12-04T09:30:00Z",
-            );
+            let g = recorded_at(consent(GIVEN, "active", given_at), "2026-12-04T09:30:00Z");
             let w = recorded_at(
                 consent(WITHDRAWN, "active", withdrawn_at),
                 "2026-12-04T10:30:00Z",
@@ -581,7 +607,10 @@ mod tests {
     fn a_consent_without_a_status_code_is_no_consent() {
         let mut c = consent(codes::consent::GIVEN, "active", "2026-01-01");
         c["category"] = json!([{"coding": [{"system": codes::SNOMED, "code": "59284002"}]}]);
-        assert_eq!(derive(std::slice::from_ref(&c)).consent, ConsentStatus::None);
+        assert_eq!(
+            derive(std::slice::from_ref(&c)).consent,
+            ConsentStatus::None
+        );
         let given = consent(codes::consent::GIVEN, "active", "2025-01-01");
         assert_eq!(derive(&[given, c.clone()]).consent, ConsentStatus::None);
         let problems = check_consent(&c, 0);

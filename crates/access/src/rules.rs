@@ -82,7 +82,12 @@ fn default_reference_data_roles() -> Vec<Role> {
 }
 
 /// Shared reference data: not about one person, but what decides a relationship with them.
-pub const REFERENCE_DATA: [&str; 4] = ["Organization", "Practitioner", "PractitionerRole", "Location"];
+pub const REFERENCE_DATA: [&str; 4] = [
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+    "Location",
+];
 
 #[derive(Debug, thiserror::Error)]
 #[error("sharing rules are not valid: {0}")]
@@ -392,10 +397,26 @@ mod tests {
         // decisions is the store's further rule)
         assert!(decide(&rules, &hospice, &facts(Given), gp_obs, Action::Write, 0).permits());
         // withdrawn: the GP's entry is withheld from the hospice, so it may not change it
-        assert!(!decide(&rules, &hospice, &facts(Withdrawn), gp_obs, Action::Write, 0).permits());
+        assert!(!decide(
+            &rules,
+            &hospice,
+            &facts(Withdrawn),
+            gp_obs,
+            Action::Write,
+            0
+        )
+        .permits());
         assert!(!decide(&rules, &hospice, &facts(None), gp_obs, Action::Write, 0).permits());
         // its own entries it still may
-        assert!(decide(&rules, &hospice, &facts(Withdrawn), own_obs, Action::Write, 0).permits());
+        assert!(decide(
+            &rules,
+            &hospice,
+            &facts(Withdrawn),
+            own_obs,
+            Action::Write,
+            0
+        )
+        .permits());
         // break-glass reads never open writes
         let crew = principal(Ambulance, "RX801", BreakGlass);
         assert!(!decide(&rules, &crew, &facts(Withdrawn), gp_obs, Action::Write, 0).permits());

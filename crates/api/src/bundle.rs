@@ -168,12 +168,15 @@ fn amendments(entries: &[Entry]) -> HashMap<String, Amendment> {
             .into_iter()
             .flatten()
             .filter_map(|r| {
-                r.get("text").and_then(Value::as_str).map(str::to_string).or_else(|| {
-                    r.pointer("/coding/0/display")
-                        .or_else(|| r.pointer("/coding/0/code"))
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
+                r.get("text")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .or_else(|| {
+                        r.pointer("/coding/0/display")
+                            .or_else(|| r.pointer("/coding/0/code"))
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                    })
             })
             .filter(|t| !t.trim().is_empty())
             .collect();
@@ -185,7 +188,12 @@ fn amendments(entries: &[Entry]) -> HashMap<String, Amendment> {
         if reason.is_empty() || !has_activity || !has_agent {
             continue;
         }
-        for t in p.get("target").and_then(Value::as_array).into_iter().flatten() {
+        for t in p
+            .get("target")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some((ty, id)) = t
                 .get("reference")
                 .and_then(Value::as_str)
@@ -484,9 +492,7 @@ fn with_entry(e: &Entry, err: ApiError) -> ApiError {
         ApiError::Conflict(m) => ApiError::Conflict(format!("{n}: {m}")),
         ApiError::Gone(m) => ApiError::Gone(format!("{n}: {m}")),
         ApiError::PreconditionFailed(m) => ApiError::PreconditionFailed(format!("{n}: {m}")),
-        ApiError::PreconditionRequired(m) => {
-            ApiError::PreconditionRequired(format!("{n}: {m}"))
-        }
+        ApiError::PreconditionRequired(m) => ApiError::PreconditionRequired(format!("{n}: {m}")),
         ApiError::Unprocessable(mut issues) | ApiError::Invalid(mut issues) => {
             for i in &mut issues {
                 i.message = format!("{n}: {}", i.message);

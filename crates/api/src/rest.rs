@@ -47,7 +47,9 @@ pub fn prepare_put(
             return Err(ApiError::Unprocessable(
                 problems
                     .into_iter()
-                    .map(|(path, message)| validate::Issue::error("business-rule", Some(path), message))
+                    .map(|(path, message)| {
+                        validate::Issue::error("business-rule", Some(path), message)
+                    })
                     .collect(),
             ));
         }

@@ -22,7 +22,8 @@ pub const NOT_FOR_CPR: &str = "450476008";
 /// reference has no SNOMED CT concept for it).
 pub const CPR_NOT_DISCUSSED: &str = "cpr-not-yet-discussed";
 /// The service's own CodeSystem for observables without a SNOMED CT code.
-pub const EPACCS_OBSERVABLES: &str = "https://fhir.epaccs.nhs.example/CodeSystem/epaccs-observables";
+pub const EPACCS_OBSERVABLES: &str =
+    "https://fhir.epaccs.nhs.example/CodeSystem/epaccs-observables";
 pub const HAS_ADVANCE_STATEMENT: &str = "816281000000101";
 pub const HAS_ADRT: &str = "816301000000100";
 pub const HAS_ADRT_LIFE_SUSTAINING: &str = "816321000000109";

@@ -465,9 +465,10 @@ fn invariant(key: &str, r: &Value) -> Option<String> {
         },
         "epaccs-akps-1" => {
             // A decimal such as 40.5 is not a score: never truncated to one.
-            let v = r.get("valueInteger").and_then(Value::as_f64).or_else(|| {
-                r.pointer("/valueQuantity/value").and_then(Value::as_f64)
-            });
+            let v = r
+                .get("valueInteger")
+                .and_then(Value::as_f64)
+                .or_else(|| r.pointer("/valueQuantity/value").and_then(Value::as_f64));
             match v {
                 Some(n) if (0.0..=100.0).contains(&n) && n.fract() == 0.0 && n % 10.0 == 0.0 => {
                     None

@@ -6,8 +6,8 @@
 //! `PUT {nrl}/DocumentReference/epaccs-{type}-{id}`. A superseded form's pointer is updated to
 //! `superseded` (the new one `relatesTo: replaces` it); an entered-in-error or deleted source,
 //! or a person whose consent to share is no longer in force, has its pointer removed
-//! (`DELETE`). The locator's gate sees a record only while consent is in force, so a withdrawal
-//! always ends in deletion.
+//! (`DELETE`), and so has every pointer of a person who has died. The locator's gate sees a
+//! record only while consent is in force, so a withdrawal always ends in deletion.
 
 use super::{send, Delivery};
 use epaccs_access::audit::{self, Outcome};
@@ -80,6 +80,10 @@ pub(crate) async fn deliver(
     };
     let s: Value = serde_json::from_str(&source.content).unwrap_or(Value::Null);
     let p: Value = serde_json::from_str(&patient.content).unwrap_or(Value::Null);
+    // A deceased person's pointers are withdrawn: nothing of theirs is actionable any more.
+    if epaccs_store::death::deceased(&p).is_some() {
+        return Ok(send(http.delete(&url)).await);
+    }
     let status = s.get("status").and_then(Value::as_str).unwrap_or_default();
     let pointer_status = match (ev.res_type.as_str(), status) {
         ("DocumentReference", "current") | ("CarePlan", "active" | "on-hold") => "current",

@@ -63,7 +63,11 @@ pub fn is_owned_decision(ty: &str, v: &Value) -> bool {
         "Consent" => true,
         "Observation" => {
             has_code(v, "code", &OWNED_OBSERVATION_CODES)
-                || has_code(v, "valueCodeableConcept", &[codes::FOR_CPR, codes::NOT_FOR_CPR])
+                || has_code(
+                    v,
+                    "valueCodeableConcept",
+                    &[codes::FOR_CPR, codes::NOT_FOR_CPR],
+                )
         }
         "Composition" => has_code(v, "type", &[codes::RESPECT_FORM]),
         "DocumentReference" => has_code(
@@ -165,8 +169,10 @@ pub(crate) fn record(
     };
     let p = gate.principal();
     let who = match &p.user_id {
-        Some(u) => json!({"identifier": {"system": epaccs_access::audit::SDS_USER_SYSTEM, "value": u},
-                          "display": p.user_name.clone().unwrap_or_else(|| u.clone())}),
+        Some(u) => {
+            json!({"identifier": {"system": epaccs_access::audit::SDS_USER_SYSTEM, "value": u},
+                          "display": p.user_name.clone().unwrap_or_else(|| u.clone())})
+        }
         None => json!({"identifier": {"system": CLIENT_SYSTEM, "value": p.client_id}}),
     };
     let mut body = json!({
@@ -195,4 +201,3 @@ pub(crate) fn record(
     resources::create_internal(conn, gate, put)?;
     Ok(())
 }
-

@@ -58,8 +58,9 @@ fn contents(conn: &mut DbConn, key: &str, ty: &str) -> Result<Vec<Value>, StoreE
 /// see `resources::check_reference_data`).
 /// The person's Consents, each with the organisation that recorded its current version.
 fn consents(conn: &mut DbConn, key: &str) -> Result<Vec<RecordedConsent>, StoreError> {
-    let mut sql =
-        Sql::new("SELECT content, writer_org FROM resource WHERE res_type = 'Consent' AND patient_key = ");
+    let mut sql = Sql::new(
+        "SELECT content, writer_org FROM resource WHERE res_type = 'Consent' AND patient_key = ",
+    );
     sql.text(key).push(" AND deleted = FALSE");
     let rows: Vec<ConsentRow> = load(conn, &sql)?;
     Ok(rows
@@ -74,7 +75,8 @@ fn consents(conn: &mut DbConn, key: &str) -> Result<Vec<RecordedConsent>, StoreE
 }
 
 fn organisation_ods(conn: &mut DbConn, id: &str) -> Option<String> {
-    let mut sql = Sql::new("SELECT content FROM resource WHERE res_type = 'Organization' AND id = ");
+    let mut sql =
+        Sql::new("SELECT content FROM resource WHERE res_type = 'Organization' AND id = ");
     sql.text(id);
     let row: ContentRow = load::<ContentRow>(conn, &sql).ok()?.pop()?;
     let org: Value = serde_json::from_str(&row.content).ok()?;
@@ -126,9 +128,7 @@ pub(crate) fn after_write(
         collect_org_refs(p);
     }
     teams.iter().for_each(&mut collect_org_refs);
-    consents
-        .iter()
-        .for_each(|c| collect_org_refs(&c.value));
+    consents.iter().for_each(|c| collect_org_refs(&c.value));
     let mut resolved = std::collections::HashMap::new();
     for id in org_ids {
         if let Some(ods) = organisation_ods(conn, &id) {

@@ -5,6 +5,7 @@ mod cache;
 pub mod clients;
 mod committers;
 pub mod db;
+pub mod death;
 pub mod decisions;
 mod facts;
 mod instance;

@@ -134,7 +134,8 @@ pub(crate) fn after_composition_write(
             let current: Vec<&Index> = all.iter().filter(|d| d.status == "current").collect();
             // The new form stands unless a current form is at least as recent by its own date.
             let newest_current = current.iter().map(|d| d.order).max();
-            let stands = newest_current.is_none_or(|o| order.0 > o.0 || (order.0 == o.0 && order.1 >= o.1));
+            let stands =
+                newest_current.is_none_or(|o| order.0 > o.0 || (order.0 == o.0 && order.1 >= o.1));
             let mut index = json!({
                 "resourceType": "DocumentReference",
                 "status": if stands { "current" } else { "superseded" },
