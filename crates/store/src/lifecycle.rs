@@ -151,22 +151,22 @@ pub(crate) fn after_composition_write(
             }
             let kind = kind_of("DocumentReference")
                 .ok_or_else(|| StoreError::Internal("unknown type".into()))?;
+            if stands && !current.is_empty() {
+                index["relatesTo"] = Value::Array(current.iter().map(|o| json!({"code": "replaces", "target": {"reference": format!("DocumentReference/{}", o.stored.id)}})).collect());
+            }
+            let rows = crate::outbox::params().index(kind.name, &index);
+            let created = resources::create_internal(
+                conn,
+                gate,
+                Put {
+                    kind,
+                    body: index,
+                    index: rows,
+                    link: PatientLink::Patient(patient),
+                    method: "POST",
+                },
+            )?;
             if stands {
-                if !current.is_empty() {
-                    index["relatesTo"] = Value::Array(current.iter().map(|o| json!({"code": "replaces", "target": {"reference": format!("DocumentReference/{}", o.stored.id)}})).collect());
-                }
-                let rows = crate::outbox::params().index(kind.name, &index);
-                let created = resources::create_internal(
-                    conn,
-                    gate,
-                    Put {
-                        kind,
-                        body: index,
-                        index: rows,
-                        link: PatientLink::Patient(patient),
-                        method: "POST",
-                    },
-                )?;
                 let reason = format!(
                     "superseded by a more recent ReSPECT form ({url}, indexed as DocumentReference/{})",
                     created.stored.id
@@ -174,19 +174,6 @@ pub(crate) fn after_composition_write(
                 for old in current {
                     set_status(conn, gate, &old.stored, "superseded", &reason)?;
                 }
-            } else {
-                let rows = crate::outbox::params().index(kind.name, &index);
-                resources::create_internal(
-                    conn,
-                    gate,
-                    Put {
-                        kind,
-                        body: index,
-                        index: rows,
-                        link: PatientLink::Patient(patient),
-                        method: "POST",
-                    },
-                )?;
             }
         }
         "entered-in-error" => {
