@@ -103,10 +103,7 @@ impl<'a> Summary<'a> {
     /// The resource a reference names, if it is in the summary (`Type/id`, absolute or
     /// versioned).
     fn resolve(&self, reference: &str) -> Option<Item<'_, 'a>> {
-        let r = reference
-            .split("/_history/")
-            .next()
-            .unwrap_or(reference);
+        let r = reference.split("/_history/").next().unwrap_or(reference);
         let mut parts = r.rsplit('/');
         let id = parts.next()?;
         let ty = parts.next()?;
@@ -133,7 +130,12 @@ impl<'a> Summary<'a> {
     }
 
     fn one(&self, owner: &View, r: &RefV, depth: u8) -> Option<String> {
-        if let Some(d) = r.display.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+        if let Some(d) = r
+            .display
+            .as_deref()
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+        {
             return Some(d.to_string());
         }
         if let Some(reference) = r.reference.as_deref() {
@@ -314,10 +316,25 @@ impl Cpr {
     }
 }
 
-/// Whether a form's section is one the summary shows (recommendations, what matters, CPR).
-fn shown_respect_section(title: &str) -> bool {
+/// Whether a form's section is section 4, "Clinical recommendations for emergency care and
+/// treatment" (by its code "4", its number or its title), or a section about CPR.
+fn recommendations_section(sec: &SectionV) -> bool {
+    let title = sec.title.as_deref().unwrap_or("").trim_start();
     let t = title.to_lowercase();
-    t.contains("recommendation") || t.contains("what matters") || t.contains("cpr")
+    sec.code.has(&["4"])
+        || title.starts_with('4')
+        || t.contains("recommendation")
+        || t.contains("cpr")
+}
+
+/// Whether a form's section is one the summary shows: the recommendations and section 3,
+/// "What matters to me".
+fn shown_respect_section(sec: &SectionV) -> bool {
+    let title = sec.title.as_deref().unwrap_or("").trim_start();
+    recommendations_section(sec)
+        || sec.code.has(&["3"])
+        || title.starts_with('3')
+        || title.to_lowercase().contains("what matters")
 }
 
 /// A ReSPECT form's CPR recommendation: coded (a section code or an entry that is a CPR
@@ -338,8 +355,7 @@ fn respect_cpr(s: &Summary, form: &View) -> Option<Cpr> {
                     }
                 }
             }
-            let title = sec.title.as_deref().unwrap_or("");
-            if shown_respect_section(title) && !title.to_lowercase().contains("what matters") {
+            if recommendations_section(sec) {
                 if let Some(div) = sec.text.as_ref().and_then(|t| t.div.as_deref()) {
                     found.extend(Cpr::in_text(&words::strip_xhtml(div)));
                 }
@@ -460,7 +476,8 @@ fn conflicts<'a>(
     if !against.is_empty() {
         out.push(Conflict {
             code: CPR_RESPECT_DISAGREE,
-            display: "The CPR decision disagrees with the current ReSPECT form's CPR recommendation",
+            display:
+                "The CPR decision disagrees with the current ReSPECT form's CPR recommendation",
             entries: against,
         });
     }
@@ -853,7 +870,7 @@ fn respect_lines(s: &Summary, forms: &[Item], lines: &mut Vec<String>) {
         fn walk(secs: &[SectionV], all: bool, lines: &mut Vec<String>, shown: &mut usize) {
             for sec in secs {
                 let title = sec.title.as_deref().unwrap_or("").trim();
-                if all || shown_respect_section(title) {
+                if all || shown_respect_section(sec) {
                     if let Some(div) = sec.text.as_ref().and_then(|t| t.div.as_deref()) {
                         let text = words::strip_xhtml(div);
                         if !text.is_empty() {
@@ -1104,7 +1121,9 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
                     s.who(v, &v.performer.0)
                         .map(|w| format!("{w}, "))
                         .unwrap_or_default(),
-                    v.when().map(words::day).unwrap_or_else(|| "date not recorded".into())
+                    v.when()
+                        .map(words::day)
+                        .unwrap_or_else(|| "date not recorded".into())
                 )
             })
             .chain(
@@ -1333,11 +1352,13 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
         for p in ps {
             let role = words::concept(&p.role).unwrap_or_else(|| "Member".to_string());
             let member = p.member.as_ref().and_then(|m| {
-                let resolved = m
-                    .reference
-                    .as_deref()
-                    .and_then(|r| s.resolve(r))
-                    .filter(|(st, pv)| st.resource_type == "RelatedPerson" && pv.active != Some(false));
+                let resolved =
+                    m.reference
+                        .as_deref()
+                        .and_then(|r| s.resolve(r))
+                        .filter(|(st, pv)| {
+                            st.resource_type == "RelatedPerson" && pv.active != Some(false)
+                        });
                 match resolved {
                     Some((_, pv)) => Some(person_line(pv)),
                     None => s.who(v, std::slice::from_ref(m)),
@@ -1400,10 +1421,15 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
     let lines = other
         .iter()
         .map(|(st, v)| {
-            let what = words::concept(&v.code).unwrap_or_else(|| "Entry without a code".to_string());
+            let what =
+                words::concept(&v.code).unwrap_or_else(|| "Entry without a code".to_string());
             match st.resource_type.as_str() {
                 "Condition" => {
-                    let qual = if v.verification_status.has(&["unconfirmed", "provisional", "differential"]) {
+                    let qual = if v.verification_status.has(&[
+                        "unconfirmed",
+                        "provisional",
+                        "differential",
+                    ]) {
                         " (not confirmed)"
                     } else {
                         ""
@@ -1431,7 +1457,10 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
                         format!(
                             " {}{}",
                             q.value.map(|x| x.to_string()).unwrap_or_default(),
-                            q.unit.as_deref().map(|u| format!(" {u}")).unwrap_or_default()
+                            q.unit
+                                .as_deref()
+                                .map(|u| format!(" {u}"))
+                                .unwrap_or_default()
                         )
                     } else if let Some(t) = &v.value_string {
                         format!(": {t}")
@@ -1508,7 +1537,9 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
                 "DECEASED ({d}): this person has died. {identity} Nothing in this summary is a current recommendation for care."
             );
             if !conflicts.is_empty() {
-                t.push_str(&format!(" The record also holds a CONFLICT: {conflict_words}."));
+                t.push_str(&format!(
+                    " The record also holds a CONFLICT: {conflict_words}."
+                ));
             }
             t
         }

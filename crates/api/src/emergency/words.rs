@@ -201,9 +201,9 @@ pub fn strip_xhtml(div: &str) -> String {
             "quot" => Some('"'),
             "apos" => Some('\''),
             "nbsp" => Some(' '),
-            e if e.starts_with("#x") || e.starts_with("#X") => {
-                u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32)
-            }
+            e if e.starts_with("#x") || e.starts_with("#X") => u32::from_str_radix(&e[2..], 16)
+                .ok()
+                .and_then(char::from_u32),
             e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
             _ => None,
         };
@@ -297,7 +297,10 @@ mod tests {
             "GMC 7654321"
         );
         assert_eq!(
-            identifier(Some("https://fhir.nhs.uk/Id/ods-organization-code"), "A81001"),
+            identifier(
+                Some("https://fhir.nhs.uk/Id/ods-organization-code"),
+                "A81001"
+            ),
             "ODS A81001"
         );
     }
