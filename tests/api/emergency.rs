@@ -438,7 +438,12 @@ async fn summary_states_the_cpr_decision_in_words(b: Backend) {
     }
     let line = top(&r.body);
     let n = nhs(1);
-    let spaced = format!("Alex Smith, NHS number {} {} {}", &n[..3], &n[3..6], &n[6..]);
+    let spaced = format!(
+        "Alex Smith, NHS number {} {} {}",
+        &n[..3],
+        &n[3..6],
+        &n[6..]
+    );
     assert!(line.contains(&spaced), "{line}");
     assert!(line.contains("born 6 May 1941"), "{line}");
     assert!(

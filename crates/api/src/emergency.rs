@@ -1865,6 +1865,228 @@ mod tests {
         assert_eq!(replaced, ["DocumentReference/prev"]);
     }
 
+    fn stored_as(ty: &str, id: &str, content: Value) -> Stored {
+        Stored {
+            id: id.to_string(),
+            ..stored(ty, content)
+        }
+    }
+
+    fn document(patient: Value, items: &[Stored]) -> Value {
+        let p = stored_as("Patient", "p", patient);
+        let doc = build_document("https://x.example", &p, items).expect("document");
+        serde_json::from_str(&doc).expect("JSON")
+    }
+
+    fn form(id: &str, date: &str, author: &str, recommendation: &str) -> Stored {
+        stored_as(
+            "Composition",
+            id,
+            json!({"resourceType": "Composition", "status": "final",
+                "type": {"coding": [{"system": codes::SNOMED, "code": codes::RESPECT_FORM}]},
+                "date": date, "author": [{"display": author}],
+                "section": [{"title": "4. Clinical recommendations", "text": {"status": "generated",
+                    "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{recommendation}</div>")}}]}),
+        )
+    }
+
+    fn index(id: &str, form: &str, status: &str) -> Stored {
+        stored_as(
+            "DocumentReference",
+            id,
+            json!({"resourceType": "DocumentReference", "status": status,
+                "type": {"coding": [{"system": codes::SNOMED, "code": codes::RESPECT_FORM}]},
+                "content": [{"attachment": {"url": format!("Composition/{form}")}}]}),
+        )
+    }
+
+    fn conflict_codes(element: &Value) -> Vec<String> {
+        element["extension"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["url"] == CONFLICT_URL)
+            .filter_map(|e| e["extension"][0]["valueCoding"]["code"].as_str())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Hazard "superseded ReSPECT shown as current": when more than one form is current (the
+    /// store should never let it happen, but data from before, or a defect, can), the summary
+    /// shows both and says CONFLICT rather than picking the newest.
+    #[test]
+    fn two_current_respect_forms_are_a_conflict_not_a_choice() {
+        let items = [
+            form(
+                "gp",
+                "2026-03-02",
+                "Dr A Smith",
+                "CPR attempts NOT recommended",
+            ),
+            index("i-gp", "gp", "current"),
+            form(
+                "hosp",
+                "2026-02-01",
+                "Dr B Jones",
+                "Focus on comfort. CPR attempts NOT recommended",
+            ),
+            index("i-hosp", "hosp", "current"),
+            form("old", "2025-01-01", "Dr C", "CPR attempts recommended"),
+            index("i-old", "old", "superseded"),
+        ];
+        let doc = document(json!({"resourceType": "Patient"}), &items);
+        let c = &doc["entry"][0]["resource"];
+        assert!(c["text"]["div"]
+            .as_str()
+            .expect("div")
+            .contains("<p>CONFLICT: More than one ReSPECT form is current"));
+        assert_eq!(conflict_codes(c), vec![RESPECT_MULTIPLE]);
+        let sec = &c["section"][1];
+        assert_eq!(sec["code"]["coding"][0]["code"], "respect-recommendations");
+        assert_eq!(conflict_codes(sec), vec![RESPECT_MULTIPLE]);
+        let div = sec["text"]["div"].as_str().expect("div");
+        assert!(
+            div.contains("CONFLICT: 2 ReSPECT forms are current"),
+            "{div}"
+        );
+        assert!(
+            div.contains("ReSPECT form of 2 Mar 2026 by Dr A Smith")
+                && div.contains("ReSPECT form of 1 Feb 2026 by Dr B Jones"),
+            "{div}"
+        );
+        assert!(!div.contains("Dr C"), "a superseded form was shown: {div}");
+        let entries: Vec<&str> = sec["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter_map(|e| e["reference"].as_str())
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                "https://x.example/Composition/gp",
+                "https://x.example/Composition/hosp"
+            ]
+        );
+
+        // One current form: no conflict.
+        let doc = document(json!({"resourceType": "Patient"}), &items[..2]);
+        assert!(conflict_codes(&doc["entry"][0]["resource"]).is_empty());
+    }
+
+    #[test]
+    fn cpr_recommendations_are_read_only_from_plain_words() {
+        for (text, expected) in [
+            (
+                "Focus on comfort. CPR attempts NOT recommended",
+                Some(Cpr::Not),
+            ),
+            ("CPR attempts recommended", Some(Cpr::For)),
+            ("For modified CPR", Some(Cpr::For)),
+            ("Not for CPR", Some(Cpr::Not)),
+            (
+                "Do not attempt cardiopulmonary resuscitation",
+                Some(Cpr::Not),
+            ),
+            (
+                "CPR attempts recommended. CPR attempts NOT recommended",
+                Some(Cpr::Unclear),
+            ),
+            ("Focus on comfort", None),
+            ("Discuss CPR with family", None),
+        ] {
+            assert_eq!(Cpr::in_text(text), expected, "{text}");
+        }
+    }
+
+    /// The decider is named from what the record holds: a contained PractitionerRole with its
+    /// Practitioner and Organization, or an identifier; an unresolvable reference is not guessed.
+    #[test]
+    fn the_decider_is_named_from_the_record_only() {
+        let obs = stored_as(
+            "Observation",
+            "d",
+            json!({"resourceType": "Observation", "status": "final",
+                "contained": [
+                    {"resourceType": "Practitioner", "id": "pr", "name": [{"prefix": ["Dr"], "given": ["Ann"], "family": "Smith"}]},
+                    {"resourceType": "Organization", "id": "org", "name": "Riverside Practice"},
+                    {"resourceType": "PractitionerRole", "id": "role", "practitioner": {"reference": "#pr"},
+                     "organization": {"reference": "#org"}, "code": [{"text": "GP"}]}],
+                "code": {"coding": [{"system": codes::SNOMED, "code": codes::NOT_FOR_CPR}]},
+                "effectiveDateTime": "2026-03-02", "performer": [{"reference": "#role"}]}),
+        );
+        let unknown = stored_as(
+            "Observation",
+            "u",
+            json!({"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": codes::SNOMED, "code": codes::NOT_FOR_CPR}]},
+                "effectiveDateTime": "2026-03-01", "performer": [{"reference": "Practitioner/elsewhere"}]}),
+        );
+        let with_id = stored_as(
+            "Observation",
+            "i",
+            json!({"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": codes::SNOMED, "code": codes::NOT_FOR_CPR}]},
+                "effectiveDateTime": "2026-02-01", "performer": [{"identifier": {"system": "https://fhir.hl7.org.uk/Id/gmc-number", "value": "7654321"}}]}),
+        );
+        let doc = document(json!({"resourceType": "Patient"}), &[obs, unknown, with_id]);
+        let div = doc["entry"][0]["resource"]["section"][0]["text"]["div"]
+            .as_str()
+            .expect("div");
+        assert!(
+            div.contains("decided 2 Mar 2026 by Dr Ann Smith (GP, Riverside Practice)"),
+            "{div}"
+        );
+        assert!(
+            div.contains("decided 1 Mar 2026 (the decider is not named in the record)"),
+            "{div}"
+        );
+        assert!(div.contains("decided 1 Feb 2026 by GMC 7654321"), "{div}");
+        assert!(
+            !div.contains("CONFLICT"),
+            "decisions that agree are no conflict: {div}"
+        );
+    }
+
+    /// Element names with different types in different resources never make a row unreadable.
+    #[test]
+    fn every_summary_type_parses_with_its_own_shapes() {
+        for (ty, content) in [
+            (
+                "Goal",
+                json!({"resourceType": "Goal", "lifecycleStatus": "active", "description": {"text": "Stay at home"}}),
+            ),
+            (
+                "CareTeam",
+                json!({"resourceType": "CareTeam", "status": "active", "name": "Palliative care team",
+                "participant": [{"role": [{"text": "Key worker"}], "member": {"display": "Sam Nurse"}}]}),
+            ),
+            (
+                "Procedure",
+                json!({"resourceType": "Procedure", "status": "completed", "category": {"text": "x"},
+                "performer": [{"function": {"text": "f"}, "actor": {"display": "Nurse"}}]}),
+            ),
+            (
+                "CarePlan",
+                json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "author": {"display": "Dr A"},
+                "description": "Care at home"}),
+            ),
+            (
+                "MedicationRequest",
+                json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+                "performer": {"display": "Pharmacy"}, "medicationReference": {"display": "Morphine"}}),
+            ),
+            (
+                "EpisodeOfCare",
+                json!({"resourceType": "EpisodeOfCare", "status": "active", "type": [{"text": "x"}]}),
+            ),
+        ] {
+            let st = stored(ty, content);
+            let v: Result<View, _> = serde_json::from_str(&st.content);
+            assert!(v.is_ok(), "{ty}: {:?}", v.err());
+        }
+    }
+
     #[test]
     fn a_damaged_row_reads_as_empty_rather_than_failing_the_summary() {
         let damaged = Stored {
