@@ -429,6 +429,28 @@ const CPR_DISAGREE: &str = "cpr-decisions-disagree";
 const CPR_RESPECT_DISAGREE: &str = "cpr-decision-respect-disagree";
 const RESPECT_MULTIPLE: &str = "multiple-current-respect-forms";
 
+/// The current ReSPECT forms whose CPR recommendation (where the form states one plainly)
+/// disagrees with a current CPR decision (where it states one plainly), with that
+/// recommendation.
+fn disagreeing_forms<'s, 'a>(
+    s: &Summary<'a>,
+    cpr: &[Item<'_, 'a>],
+    respect: &[Item<'s, 'a>],
+) -> Vec<(Item<'s, 'a>, Cpr)> {
+    respect
+        .iter()
+        .filter_map(|it| {
+            let rec = respect_cpr(s, &it.1).filter(|r| *r != Cpr::Unclear)?;
+            cpr.iter()
+                .any(|(_, v)| {
+                    let d = Cpr::of(v);
+                    d != Cpr::Unclear && d != rec
+                })
+                .then_some((*it, rec))
+        })
+        .collect()
+}
+
 fn conflicts<'a>(
     s: &Summary<'a>,
     cpr: &[Item<'_, 'a>],
@@ -453,23 +475,14 @@ fn conflicts<'a>(
         });
     }
     let mut against: Vec<&'a Stored> = Vec::new();
-    for (form, fv) in respect {
-        let Some(rec) = respect_cpr(s, fv).filter(|r| *r != Cpr::Unclear) else {
-            continue;
-        };
-        let differing: Vec<&'a Stored> = cpr
+    for ((form, _), rec) in disagreeing_forms(s, cpr, respect) {
+        let differing = cpr
             .iter()
-            .filter(|(_, v)| {
-                let d = Cpr::of(v);
-                d != Cpr::Unclear && d != rec
-            })
-            .map(|(st, _)| *st)
-            .collect();
-        if !differing.is_empty() {
-            for st in differing.into_iter().chain([*form]) {
-                if !against.iter().any(|a| std::ptr::eq(*a, st)) {
-                    against.push(st);
-                }
+            .filter(|(_, v)| !matches!(Cpr::of(v), Cpr::Unclear) && Cpr::of(v) != rec)
+            .map(|(st, _)| *st);
+        for st in differing.chain([*form]) {
+            if !against.iter().any(|a| std::ptr::eq(*a, st)) {
+                against.push(st);
             }
         }
     }
@@ -1088,13 +1101,15 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
             cpr.iter().map(|(_, v)| Cpr::of(v).short()).collect::<Vec<_>>().join(" and ")
         ));
     }
+    let against: Vec<String> = disagreeing_forms(&s, &cpr, &respect)
+        .into_iter()
+        .map(|((_, f), rec)| format!("{} records {}", form_label(&s, f), rec.recommendation()))
+        .collect();
     if respect_conflict {
-        if let Some((c, label)) = &respect_rec {
-            lines.push(format!(
-                "CONFLICT: the CPR decision disagrees with the current ReSPECT form: {label} records {}.",
-                c.recommendation()
-            ));
-        }
+        lines.push(format!(
+            "CONFLICT: the CPR decision disagrees with the current ReSPECT form: {}.",
+            against.join("; ")
+        ));
     }
     for (_, v) in &cpr {
         lines.push(decision_line(&s, v));
@@ -1126,12 +1141,7 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
                         .unwrap_or_else(|| "date not recorded".into())
                 )
             })
-            .chain(
-                respect_rec
-                    .iter()
-                    .filter(|_| respect_conflict)
-                    .map(|(c, label)| format!("{label}: {}", c.recommendation())),
-            )
+            .chain(against.iter().cloned())
             .collect();
         t.push_str(&listed.join("; "));
         t.push('.');
@@ -1528,8 +1538,18 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
     let identity = format!("{name}, {nhs}, {born}.");
     let conflict_words = conflicts
         .iter()
-        .map(|c| c.display)
-        .collect::<Vec<_>>()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 0 {
+                c.display.to_string()
+            } else {
+                let mut w = c.display.chars();
+                w.next()
+                    .map(|f| f.to_lowercase().chain(w).collect())
+                    .unwrap_or_default()
+            }
+        })
+        .collect::<Vec<String>>()
         .join("; ");
     let top = match &deceased {
         Some(d) => {
@@ -1972,6 +1992,54 @@ mod tests {
         // One current form: no conflict.
         let doc = document(json!({"resourceType": "Patient"}), &items[..2]);
         assert!(conflict_codes(&doc["entry"][0]["resource"]).is_empty());
+    }
+
+    /// The CPR section names the form that disagrees, not merely the newest one.
+    #[test]
+    fn the_disagreeing_form_is_the_one_named() {
+        let decision = stored_as(
+            "Observation",
+            "d",
+            json!({"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": codes::SNOMED, "code": codes::NOT_FOR_CPR}]},
+                "effectiveDateTime": "2026-03-02", "performer": [{"display": "Dr A Smith"}]}),
+        );
+        let items = [
+            decision,
+            form(
+                "new",
+                "2026-03-02",
+                "Dr A Smith",
+                "CPR attempts NOT recommended",
+            ),
+            form("old", "2025-06-01", "Dr C Old", "CPR attempts recommended"),
+        ];
+        let doc = document(json!({"resourceType": "Patient"}), &items);
+        let c = &doc["entry"][0]["resource"];
+        assert_eq!(
+            conflict_codes(c),
+            vec![RESPECT_MULTIPLE, CPR_RESPECT_DISAGREE]
+        );
+        let cpr = &c["section"][0];
+        let against: Vec<&str> = cpr["extension"][0]["extension"]
+            .as_array()
+            .expect("parts")
+            .iter()
+            .filter_map(|p| p["valueReference"]["reference"].as_str())
+            .collect();
+        assert_eq!(
+            against,
+            [
+                "https://x.example/Observation/d",
+                "https://x.example/Composition/old"
+            ]
+        );
+        let div = cpr["text"]["div"].as_str().expect("div");
+        assert!(
+            div.contains("disagrees with the current ReSPECT form: ReSPECT form of 1 Jun 2025 by Dr C Old records CPR attempts recommended"),
+            "{div}"
+        );
+        assert!(!div.contains("2 Mar 2026 by Dr A Smith records"), "{div}");
     }
 
     #[test]
