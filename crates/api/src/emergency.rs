@@ -147,11 +147,11 @@ impl<'a> Summary<'a> {
                 {
                     let own = c.name.0.iter().find_map(words::name);
                     let person = (depth == 0)
-                        .then(|| c.practitioner.as_ref())
+                        .then_some(c.practitioner.as_ref())
                         .flatten()
                         .and_then(|p| self.one(owner, p, 1));
                     let org = (depth == 0)
-                        .then(|| c.organization.as_ref())
+                        .then_some(c.organization.as_ref())
                         .flatten()
                         .and_then(|o| self.one(owner, o, 1));
                     let role = words::concept(&c.code);
@@ -1245,8 +1245,10 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
                         lpa.push(p);
                     }
                 }
-                Some(_) => {}
-                None => named.extend(f.display.as_deref().map(str::to_string)),
+                Some(p) if p.0.resource_type == "RelatedPerson" => {
+                    named.push("the holder's record is marked inactive".to_string())
+                }
+                _ => named.extend(f.display.as_deref().map(str::to_string)),
             }
         }
         let holders_text = if named.is_empty() {
