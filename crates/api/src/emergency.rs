@@ -1089,9 +1089,6 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
     other.extend(s.with_code("Observation", &codes::PROGNOSIS));
 
     // CPR decision.
-    let respect_rec = respect
-        .first()
-        .and_then(|(_, f)| respect_cpr(&s, f).map(|c| (c, form_label(&s, f))));
     let mut lines = Vec::new();
     let cpr_conflict = conflicts.iter().any(|c| c.code == CPR_DISAGREE);
     let respect_conflict = conflicts.iter().any(|c| c.code == CPR_RESPECT_DISAGREE);
@@ -1114,15 +1111,43 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
     for (_, v) in &cpr {
         lines.push(decision_line(&s, v));
     }
-    let cpr_empty = match (&respect_rec, cpr.is_empty()) {
-        (Some((c, label)), true) if *c != Cpr::Unclear => {
-            lines.push(format!(
-                "No separate CPR decision recorded. The current {label} records: {}.",
-                c.recommendation()
-            ));
-            "No separate CPR decision recorded".to_string()
+    // No decision: what each current form recommends (more than one disagreeing is a conflict).
+    let recs: Vec<String> = respect
+        .iter()
+        .filter_map(|(_, f)| {
+            respect_cpr(&s, f).map(|c| {
+                format!(
+                    "the current {} records: {}",
+                    form_label(&s, f),
+                    c.recommendation()
+                )
+            })
+        })
+        .collect();
+    let recs_disagree = {
+        let plain: Vec<Cpr> = respect
+            .iter()
+            .filter_map(|(_, f)| respect_cpr(&s, f))
+            .collect();
+        plain.iter().any(|c| Some(c) != plain.first())
+    };
+    let mut cpr_conflicts = vec![CPR_DISAGREE, CPR_RESPECT_DISAGREE];
+    let cpr_empty = if cpr.is_empty() && !recs.is_empty() {
+        if recs_disagree {
+            lines.push("CONFLICT: the current ReSPECT forms' CPR recommendations disagree; each is listed below.".to_string());
+            cpr_conflicts.push(RESPECT_MULTIPLE);
         }
-        _ => "No CPR decision recorded: follow usual resuscitation guidance".to_string(),
+        lines.push("No separate CPR decision recorded.".to_string());
+        for r in &recs {
+            let mut r = r.clone();
+            if let Some(f) = r.get_mut(..1) {
+                f.make_ascii_uppercase();
+            }
+            lines.push(format!("{r}."));
+        }
+        "No separate CPR decision recorded".to_string()
+    } else {
+        "No CPR decision recorded: follow usual resuscitation guidance".to_string()
     };
     // The top line's CPR words.
     let cpr_top = if cpr_conflict || respect_conflict {
@@ -1148,10 +1173,15 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
         t
     } else if let Some((_, v)) = cpr.first() {
         decision_line(&s, v)
-    } else if let Some((c, label)) = respect_rec.as_ref().filter(|(c, _)| *c != Cpr::Unclear) {
+    } else if !recs.is_empty() {
         format!(
-            "No separate CPR decision recorded; the current {label} records: {}.",
-            c.recommendation()
+            "{}No separate CPR decision recorded; {}.",
+            if recs_disagree {
+                "CPR: CONFLICT, see the CPR decision section. "
+            } else {
+                ""
+            },
+            recs.join("; ")
         )
     } else {
         "No CPR decision recorded: follow usual resuscitation guidance.".to_string()
@@ -1163,7 +1193,7 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
         entries: cpr.clone(),
         lines,
         empty: cpr_empty,
-        conflicts: shows(&[CPR_DISAGREE, CPR_RESPECT_DISAGREE]),
+        conflicts: shows(&cpr_conflicts),
     });
 
     // ReSPECT.
@@ -1990,6 +2020,44 @@ mod tests {
                 "https://x.example/Composition/hosp"
             ]
         );
+
+        // No CPR decision, and two current forms that disagree on CPR: the CPR section says
+        // CONFLICT and states both, never only the newest.
+        let disagree = [
+            form(
+                "gp",
+                "2026-03-02",
+                "Dr A Smith",
+                "CPR attempts NOT recommended",
+            ),
+            form(
+                "hosp",
+                "2026-02-01",
+                "Dr B Jones",
+                "CPR attempts recommended",
+            ),
+        ];
+        let doc = document(json!({"resourceType": "Patient"}), &disagree);
+        let cpr = &doc["entry"][0]["resource"]["section"][0];
+        let div = cpr["text"]["div"].as_str().expect("div");
+        assert!(
+            div.contains("CONFLICT: the current ReSPECT forms' CPR recommendations disagree"),
+            "{div}"
+        );
+        assert!(
+            div.contains(
+                "ReSPECT form of 2 Mar 2026 by Dr A Smith records: CPR attempts NOT recommended"
+            ),
+            "{div}"
+        );
+        assert!(
+            div.contains(
+                "ReSPECT form of 1 Feb 2026 by Dr B Jones records: CPR attempts recommended"
+            ),
+            "{div}"
+        );
+        assert!(!div.contains("usual resuscitation guidance"), "{div}");
+        assert_eq!(conflict_codes(cpr), vec![RESPECT_MULTIPLE]);
 
         // One current form: no conflict.
         let doc = document(json!({"resourceType": "Patient"}), &items[..2]);
