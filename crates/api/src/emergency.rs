@@ -17,8 +17,9 @@
 //!   extension (profiles/structuredefinitions/EPaCCS-DecisionConflict.json).
 //! - **Section codes name the section** (a local CodeSystem, with LOINC where one fits), never a
 //!   value such as 450475007.
-//! - **After death nothing is actionable**: the top line says DECEASED with the date and every
-//!   section says it was recorded before death.
+//! - **After death nothing is actionable**: when `Patient.deceased[x]` is set or an actual place
+//!   of death is recorded, the top line says DECEASED with the date and every section says it
+//!   was recorded before death.
 //! - Only live entries: statuses that are not current, refuted or entered-in-error Conditions,
 //!   resolved or inactive Conditions, and inactive RelatedPersons are left out.
 //! - No database round trip beyond the Patient and its compartment; text is built with plain
@@ -1008,6 +1009,16 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
         tracing::error!(patient = %patient.id, error = %e, "a stored Patient could not be read for the emergency summary");
         PatientView::default()
     });
+    // Death: `Patient.deceased[x]`, or an actual place of death recorded.
+    let died_at: Option<Item> = s
+        .live("Observation")
+        .filter(|(_, v)| {
+            v.code.coding.iter().any(|c| {
+                c.system.as_deref() == Some(OBSERVABLES)
+                    && c.code.as_deref() == Some("actual-place-of-death")
+            })
+        })
+        .max_by_key(|(_, v)| v.effective());
     let deceased: Option<String> = pv
         .deceased_date_time
         .as_deref()
@@ -1016,6 +1027,13 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
             pv.deceased_boolean
                 .filter(|b| *b)
                 .map(|_| "date of death not recorded".to_string())
+        })
+        .or_else(|| {
+            died_at.map(|(_, v)| {
+                v.when()
+                    .map(words::day)
+                    .unwrap_or_else(|| "date of death not recorded".to_string())
+            })
         });
 
     // Selection.
@@ -1539,10 +1557,21 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
                 title: "Deceased",
                 extension: Vec::new(),
                 code: SectionCode::of(&DECEASED),
-                text: Narrative::of(&[format!(
-                    "This person has died ({d}). Nothing in this summary is a current recommendation for care."
-                )]),
-                entry: Vec::new(),
+                text: Narrative::of(&[
+                    format!(
+                        "This person has died ({d}). Nothing in this summary is a current recommendation for care."
+                    ),
+                    died_at
+                        .and_then(|(_, v)| words::concept(&v.value_codeable_concept))
+                        .map(|place| format!("Place of death: {place}."))
+                        .unwrap_or_default(),
+                ]),
+                entry: died_at
+                    .iter()
+                    .map(|(st, _)| RefOut {
+                        reference: full_url(base, st),
+                    })
+                    .collect(),
                 empty_reason: None,
             },
         );
@@ -1636,8 +1665,9 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
     let composition_url = format!("urn:uuid:{}", composition.id);
     // The resources each section names, once each, in section order.
     let mut order: Vec<(&str, &str)> = Vec::new();
+    let died: Vec<Item> = died_at.into_iter().collect();
     for group in [
-        &cpr, &respect, &advance, &lpa, &places, &meds, &team, &plans, &other,
+        &died, &cpr, &respect, &advance, &lpa, &places, &meds, &team, &plans, &other,
     ] {
         for &&(st, _) in group.iter() {
             let key = (st.resource_type.as_str(), st.id.as_str());
@@ -2110,6 +2140,53 @@ mod tests {
             "{div}"
         );
         assert!(!div.contains("2 Mar 2026 by Dr A Smith records"), "{div}");
+    }
+
+    /// Hazard "deceased person's record still active": an actual place of death recorded
+    /// without `Patient.deceased[x]` still makes the summary say DECEASED, with the date.
+    #[test]
+    fn an_actual_place_of_death_means_deceased() {
+        let place = stored_as(
+            "Observation",
+            "died",
+            json!({"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": OBSERVABLES, "code": "actual-place-of-death"}]},
+                "effectiveDateTime": "2026-08-09T23:15:00Z",
+                "valueCodeableConcept": {"coding": [{"system": codes::SNOMED, "code": "183676005", "display": "Died in hospital"}]}}),
+        );
+        let dnacpr = stored_as(
+            "Observation",
+            "d",
+            json!({"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": codes::SNOMED, "code": codes::NOT_FOR_CPR}]},
+                "effectiveDateTime": "2026-03-02", "performer": [{"display": "Dr A Smith"}]}),
+        );
+        let doc = document(
+            json!({"resourceType": "Patient", "name": [{"given": ["Ann"], "family": "Smith"}]}),
+            &[place, dnacpr],
+        );
+        let c = &doc["entry"][0]["resource"];
+        let top = c["text"]["div"].as_str().expect("div");
+        assert!(
+            top.contains("<p>DECEASED (10 Aug 2026): this person has died. Ann Smith"),
+            "{top}"
+        );
+        assert!(!top.contains("NOT FOR"), "{top}");
+        let dead = &c["section"][0];
+        assert_eq!(dead["code"]["coding"][0]["code"], "deceased");
+        assert!(dead["text"]["div"]
+            .as_str()
+            .expect("div")
+            .contains("<p>Place of death: Died in hospital.</p>"));
+        assert_eq!(
+            dead["entry"][0]["reference"],
+            "https://x.example/Observation/died"
+        );
+        assert!(doc["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["resource"]["effectiveDateTime"] == "2026-08-09T23:15:00Z"));
     }
 
     #[test]

@@ -242,7 +242,7 @@ pub fn escape(s: &str, out: &mut String) {
 pub fn div(paragraphs: &[String]) -> String {
     let mut out = String::with_capacity(64 + paragraphs.iter().map(|p| p.len() + 8).sum::<usize>());
     out.push_str("<div xmlns=\"http://www.w3.org/1999/xhtml\">");
-    for p in paragraphs {
+    for p in paragraphs.iter().filter(|p| !p.is_empty()) {
         out.push_str("<p>");
         escape(p, &mut out);
         out.push_str("</p>");
