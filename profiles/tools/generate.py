@@ -222,10 +222,73 @@ profiles = [
     ], "Anticipatory medicines in the house, with where the box is kept."),
 ]
 
+# The emergency summary's own artefacts: its section codes, the kinds of decision conflict, and
+# the extension that marks a conflict on the summary's Composition and its sections.
+SECTION = f"{BASE}/CodeSystem/emergency-summary-section"
+CONFLICT = f"{BASE}/CodeSystem/decision-conflict"
+conflict_kinds = [
+    ("cpr-decisions-disagree", "Current CPR decisions disagree",
+     "The newest CPR decisions of two or more deciders (450475007 / 450476008) are all current and do not say the same."),
+    ("cpr-decision-respect-disagree", "The CPR decision disagrees with the current ReSPECT form's CPR recommendation",
+     "A current CPR decision says one thing and the current ReSPECT form's CPR recommendation (section 4) the other."),
+    ("multiple-current-respect-forms", "More than one ReSPECT form is current",
+     "More than one ReSPECT form is final and not superseded; at most one should be."),
+]
+valuesets.append(vs("decision-conflict", "Kinds of decision conflict", [(c, d) for c, d, _ in conflict_kinds], system=CONFLICT))
+codesystems += [
+    {"resourceType": "CodeSystem", "id": "emergency-summary-section", "url": SECTION, "version": "0.1.0", "name": "EmergencySummarySection",
+     "title": "Sections of the EPaCCS emergency summary", "status": "active", "content": "complete", "caseSensitive": True,
+     "description": "Codes naming the sections of the Patient/$emergency-summary document. Where a LOINC section code fits, the section carries it too.",
+     "concept": [{"code": c, "display": d} for c, d in [
+         ("deceased", "Deceased"),
+         ("cpr-decision", "CPR decision"),
+         ("respect-recommendations", "ReSPECT recommendations"),
+         ("advance-decisions", "Advance decisions and advance statements"),
+         ("lpa-and-contacts", "Lasting power of attorney and personal contacts"),
+         ("preferred-place", "Preferred place of care and death"),
+         ("anticipatory-medicines", "Anticipatory medicines and where they are kept"),
+         ("key-worker-and-contacts", "Key worker and 24-hour contacts"),
+         ("care-plans", "Care plans"),
+         ("conditions-and-status", "Conditions, register and status")]]},
+    {"resourceType": "CodeSystem", "id": "decision-conflict", "url": CONFLICT, "version": "0.1.0", "name": "DecisionConflict",
+     "title": "Kinds of conflict between decisions in the record", "status": "active", "content": "complete", "caseSensitive": True,
+     "concept": [{"code": c, "display": d, "definition": x} for c, d, x in conflict_kinds]},
+]
+conflict_url = f"{BASE}/StructureDefinition/decision-conflict"
+profiles.append({
+    "resourceType": "StructureDefinition", "id": "EPaCCS-DecisionConflict", "url": conflict_url, "version": "0.1.0",
+    "name": "EPaCCSDecisionConflict", "title": "Decision conflict", "status": "active",
+    "description": "On the emergency summary's Composition and on the sections concerned: decisions in the record conflict "
+                   "(CPR decisions that disagree, a CPR decision against the current ReSPECT form, or more than one current "
+                   "ReSPECT form). The summary shows every entry concerned and resolves nothing; the narrative says CONFLICT.",
+    "fhirVersion": "4.0.1", "kind": "complex-type", "abstract": False,
+    "context": [{"type": "element", "expression": "Composition"}, {"type": "element", "expression": "Composition.section"}],
+    "type": "Extension", "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Extension", "derivation": "constraint",
+    "differential": {"element": [
+        {"id": "Extension", "path": "Extension", "short": "Decisions in the record conflict",
+         "definition": "The kind of conflict and every entry concerned.", "min": 0, "max": "*"},
+        {"id": "Extension.extension", "path": "Extension.extension", "min": 3,
+         "slicing": {"discriminator": [{"type": "value", "path": "url"}], "rules": "closed"}},
+        {"id": "Extension.extension:type", "path": "Extension.extension", "sliceName": "type", "min": 1, "max": "1",
+         "short": "The kind of conflict"},
+        {"id": "Extension.extension:type.url", "path": "Extension.extension.url", "fixedUri": "type"},
+        {"id": "Extension.extension:type.value[x]", "path": "Extension.extension.value[x]", "min": 1,
+         "type": [{"code": "Coding"}], "binding": {"strength": "required", "valueSet": f"{BASE}/ValueSet/decision-conflict"}},
+        {"id": "Extension.extension:entry", "path": "Extension.extension", "sliceName": "entry", "min": 2, "max": "*",
+         "short": "An entry concerned (a CPR decision Observation or a ReSPECT Composition), as the document's fullUrl"},
+        {"id": "Extension.extension:entry.url", "path": "Extension.extension.url", "fixedUri": "entry"},
+        {"id": "Extension.extension:entry.value[x]", "path": "Extension.extension.value[x]", "min": 1,
+         "type": [{"code": "Reference", "targetProfile": ["http://hl7.org/fhir/StructureDefinition/Observation",
+                                                          "http://hl7.org/fhir/StructureDefinition/Composition"]}]},
+        {"id": "Extension.url", "path": "Extension.url", "fixedUri": conflict_url},
+        {"id": "Extension.value[x]", "path": "Extension.value[x]", "max": "0"},
+    ]},
+})
+
 for r in valuesets + codesystems + profiles:
     kind = {"ValueSet": "valuesets", "CodeSystem": "codesystems", "StructureDefinition": "structuredefinitions"}[r["resourceType"]]
     os.makedirs(os.path.join(OUT, kind), exist_ok=True)
     with open(os.path.join(OUT, kind, r["id"] + ".json"), "w") as f:
         json.dump(r, f, indent=1)
         f.write("\n")
-print(len(profiles), "profiles,", len(valuesets), "value sets,", len(codesystems), "code systems")
+print(len(profiles), "profiles and extensions,", len(valuesets), "value sets,", len(codesystems), "code systems")
