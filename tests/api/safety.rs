@@ -557,4 +557,21 @@ async fn akps_and_cpr_status_values(b: Backend) {
     undiscussed["code"] = json!({"coding": [{"system": "https://fhir.epaccs.nhs.example/CodeSystem/epaccs-observables", "code": "cpr-not-yet-discussed"}]});
     let r = gp.post("/Observation", &undiscussed).await;
     assert_eq!(r.status, 201, "{}", r.text);
+    gp.create(&consent(&pid, GIVEN, "2026-01-01")).await;
+    let crew = app.client("ambulance", "RX801", "ambulance").await;
+    let summary = crew
+        .get(&format!(
+            "/Patient/$emergency-summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
+            nhs(1)
+        ))
+        .await;
+    let top = summary.body["entry"][0]["resource"]["text"]["div"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        top.contains("NOT YET DISCUSSED") || top.contains("not yet discussed"),
+        "{top}"
+    );
+    assert!(!top.contains("FOR ATTEMPTED CPR"), "{top}");
 }

@@ -239,12 +239,17 @@ enum Cpr {
     Not,
     /// The entry carries both codes, or says "false" of its code: it does not say plainly.
     Unclear,
+    /// Recorded as not yet discussed: no decision has been made.
+    NotDiscussed,
 }
 
 impl Cpr {
     fn of(v: &View) -> Cpr {
         let f = v.has_code(&[codes::FOR_CPR]);
         let n = v.has_code(&[codes::NOT_FOR_CPR]);
+        if !f && !n && v.has_code(&[codes::CPR_NOT_DISCUSSED]) {
+            return Cpr::NotDiscussed;
+        }
         match (f, n, v.value_boolean) {
             (_, _, Some(false)) => Cpr::Unclear,
             (true, false, _) => Cpr::For,
@@ -259,6 +264,7 @@ impl Cpr {
             Cpr::For => "FOR ATTEMPTED CPR (cardiopulmonary resuscitation)",
             Cpr::Not => "NOT FOR CARDIOPULMONARY RESUSCITATION (NOT FOR CPR)",
             Cpr::Unclear => "CPR DECISION UNCLEAR (the entry does not say plainly whether CPR should be attempted)",
+            Cpr::NotDiscussed => "NO CPR DECISION YET: not yet discussed; follow usual resuscitation guidance",
         }
     }
 
@@ -267,6 +273,7 @@ impl Cpr {
             Cpr::For => "FOR ATTEMPTED CPR",
             Cpr::Not => "NOT FOR CPR",
             Cpr::Unclear => "UNCLEAR",
+            Cpr::NotDiscussed => "NOT YET DISCUSSED",
         }
     }
 
@@ -276,6 +283,7 @@ impl Cpr {
             Cpr::For => "CPR attempts recommended",
             Cpr::Not => "CPR attempts NOT recommended",
             Cpr::Unclear => "unclear (the form's words say both)",
+            Cpr::NotDiscussed => "not yet discussed",
         }
     }
 
@@ -1037,7 +1045,10 @@ fn build_document(base: &str, patient: &Stored, items: &[Stored]) -> Result<Stri
         });
 
     // Selection.
-    let cpr = current_cpr(s.with_code("Observation", &[codes::FOR_CPR, codes::NOT_FOR_CPR]));
+    let cpr = current_cpr(s.with_code(
+        "Observation",
+        &[codes::FOR_CPR, codes::NOT_FOR_CPR, codes::CPR_NOT_DISCUSSED],
+    ));
     let respect = current_respect(&s);
     let conflicts = conflicts(&s, &cpr, &respect);
     let shows = |codes: &[&str]| -> Vec<usize> {
