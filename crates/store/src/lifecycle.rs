@@ -14,7 +14,7 @@
 use crate::resources::{self, Put, Stored, WriteOp};
 use crate::{DbConn, StoreError};
 use epaccs_access::Gate;
-use epaccs_core::{codes, OdsCode};
+use epaccs_core::{codes, Interaction, OdsCode};
 use epaccs_fhir::query::{Filter, TokenValue};
 use epaccs_fhir::registry::{kind_of, PatientLink};
 use serde_json::{json, Value};
@@ -119,6 +119,30 @@ pub(crate) fn after_composition_write(
     let Some(patient) = written.patient_key.clone() else {
         return Ok(());
     };
+    // The index is kept in the writer's name, through the writer's gate, which sees only what
+    // the token's scopes name: a token that could not search and change DocumentReferences
+    // would leave an earlier form current unseen, so it may not write a form.
+    let scopes = &gate.principal().scopes;
+    let needed = [
+        Interaction::Search,
+        Interaction::Create,
+        Interaction::Update,
+    ];
+    if !needed.iter().all(|i| scopes.allows("DocumentReference", *i)) {
+        let reason = "a ReSPECT form keeps its DocumentReference index: the token must also search, create and update DocumentReference".to_string();
+        gate.record(
+            Some(patient),
+            "DocumentReference/*".into(),
+            epaccs_access::Decision::Deny {
+                reveal: false,
+                reason: reason.clone(),
+            },
+        );
+        return Err(StoreError::Forbidden {
+            reveal: false,
+            reason,
+        });
+    }
     let url = format!("Composition/{}", written.id);
     let points_here = |d: &Stored| d.content.contains(&format!("\"{url}\""));
     let status = v.get("status").and_then(Value::as_str).unwrap_or_default();
