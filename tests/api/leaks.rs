@@ -465,6 +465,18 @@ async fn refusals_never_tell_the_consent_state_or_name_a_withheld_record(b: Back
         assert!(writes.windows(2).all(|x| x[0] == x[1]), "{client}: {writes:?}");
     }
 
+    // The trail keeps the rules' reasons that the callers were not told.
+    let po = w.app.client("privacy", "PO001", "privacy-officer").await;
+    let trail = po.get(&format!("/AuditEvent?patient={r}")).await;
+    assert_eq!(trail.status, 200, "{}", trail.text);
+    assert!(
+        trail.entries(None).iter().any(|e| e["outcomeDesc"]
+            .as_str()
+            .is_some_and(|d| d.contains("consent"))),
+        "{}",
+        trail.text
+    );
+
     // Another record for P's NHS number is refused without naming P's record.
     let spy = w.app.client("gp-spy", "B82002", "gp").await;
     let copy = patient(&nhs(1), "Copy", "B82002");

@@ -262,6 +262,20 @@ impl Gate {
         }
     }
 
+    /// The reasons of the refusals decided so far, each once, in order: for the audit record,
+    /// never for the caller (they would tell the person's consent state).
+    pub fn refusal_reasons(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for e in self.log() {
+            if let Decision::Deny { reason, .. } = e.decision {
+                if !out.contains(&reason) {
+                    out.push(reason);
+                }
+            }
+        }
+        out
+    }
+
     /// Everything decided so far.
     pub fn log(&self) -> Vec<LogEntry> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
@@ -274,5 +288,96 @@ fn scope_denied(resource_type: &str) -> Decision {
     Decision::Deny {
         reveal: false,
         reason: format!("the access token's scopes do not cover {resource_type}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::ConsentStatus;
+    use epaccs_core::{OdsCode, Purpose, Scopes};
+
+    fn gate(role: Role, org: &str, scopes: &str) -> Gate {
+        let principal = Principal {
+            client_id: "c".into(),
+            org: OdsCode::parse(org).expect("ods"),
+            role,
+            user_id: None,
+            user_name: None,
+            user_role: None,
+            purpose: Purpose::Treat,
+            break_glass_reason: None,
+            scopes: Scopes::parse_strict(scopes).expect("scopes"),
+        };
+        Gate::new(principal, Arc::new(Rules::default()))
+    }
+
+    /// The token's scopes bound every decision, whatever the sharing rules would allow: rows
+    /// as (scopes, type, expected read, expected write), for the writing organisation itself.
+    #[test]
+    fn scopes_bound_every_decision() {
+        let facts = PatientFacts {
+            consent: ConsentStatus::Given,
+            ..Default::default()
+        };
+        #[rustfmt::skip]
+        let rows: &[(&str, &str, bool, bool)] = &[
+            ("system/*.*", "Observation", true, true),
+            ("system/Patient.read", "Patient", true, false),
+            ("system/Patient.read", "Observation", false, false),
+            ("system/Patient.*", "Consent", false, false),
+            ("system/Observation.s", "Observation", true, false),
+            ("system/Observation.write", "Observation", false, true),
+            ("system/Observation.read", "Patient", false, false),
+            ("system/Observation.read", "Organization", false, false),
+            ("system/*.read", "CareTeam", true, false),
+        ];
+        for (scopes, ty, read, write) in rows {
+            let g = gate(Role::Gp, "A81001", scopes);
+            let p = Some(("p1", &facts));
+            let patient = if *ty == "Organization" { None } else { p };
+            assert_eq!(g.would_read(patient, ty, "A81001"), *read, "{scopes} would_read {ty}");
+            assert_eq!(
+                g.check_read(patient, ty, "x", "A81001").permits(),
+                *read,
+                "{scopes} read {ty}"
+            );
+            assert_eq!(
+                g.check_write(patient, ty, "x", Some("A81001")).permits(),
+                *write,
+                "{scopes} write {ty}"
+            );
+            // A scope refusal never tells anyone that something is withheld.
+            if let Decision::Deny { reveal, .. } = g.check_read(patient, ty, "x", "A81001") {
+                assert!(!reveal, "{scopes} {ty}");
+            }
+        }
+    }
+
+    /// A refusal before any person is looked up depends on the role and the token only.
+    #[test]
+    fn write_role_refusals_name_no_person() {
+        #[rustfmt::skip]
+        let rows: &[(Role, &str, bool)] = &[
+            (Role::Gp, "system/*.*", true),
+            (Role::Hospice, "system/Observation.write", true),
+            (Role::Gp, "system/Observation.read", false),
+            (Role::CareHome, "system/*.*", false),
+            (Role::Ambulance, "system/*.*", false),
+            (Role::PrivacyOfficer, "system/*.*", false),
+            (Role::Admin, "system/*.*", false),
+        ];
+        for (role, scopes, expected) in rows {
+            let g = gate(*role, "X26", scopes);
+            let d = g.check_write_role("Observation");
+            assert_eq!(d.permits(), *expected, "{role:?} {scopes}");
+            if let Decision::Deny { reveal, reason } = d {
+                assert!(!reveal);
+                assert!(!reason.contains("consent"), "{reason}");
+                assert_eq!(g.refusal_reasons(), vec![reason]);
+            } else {
+                assert!(g.log().is_empty(), "a permit here is not a decision about a row");
+            }
+        }
     }
 }
