@@ -236,6 +236,19 @@ async fn chained_criteria_answer_nothing_about_withheld_records(b: Backend) {
     }
     assert!(tried > 60, "only {tried} variants tried");
 
+    // Nor through notifications: subscription criteria are matched before any gate, so they
+    // may not chain.
+    let sub = spy
+        .post(
+            "/Subscription",
+            &json!({"resourceType": "Subscription", "status": "requested", "reason": "probe",
+                "criteria": "Observation?performer:Patient.birthdate=1941-05-06",
+                "channel": {"type": "rest-hook", "endpoint": "https://receiver.example/hook", "payload": "application/fhir+json"}}),
+        )
+        .await;
+    assert_eq!(sub.status, 422, "{}", sub.text);
+    assert!(sub.text.contains("chained"), "{}", sub.text);
+
     // Includes, reverse includes and `_has` tell nothing either, whatever the content asked.
     for (a, n) in [
         (

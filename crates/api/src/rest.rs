@@ -111,8 +111,20 @@ fn subscription_rules(state: &AppState, body: &mut Value) -> Result<(), ApiError
                     format!("'{ty}' is not a resource type that can be subscribed to"),
                 )
             })?;
-        Query::parse(state.store.params(), k.name, &query_pairs(query), true)
+        let q = Query::parse(state.store.params(), k.name, &query_pairs(query), true)
             .map_err(|e| bad("criteria", e.to_string()))?;
+        // Criteria are matched as the data is written, before any gate: a chain would be
+        // evaluated over records the subscriber may not see, and whether a notification came
+        // would answer questions about them (a withheld person's birth date).
+        if q.filters
+            .iter()
+            .any(|f| matches!(f, epaccs_fhir::query::Filter::Chain { .. }))
+        {
+            return Err(bad(
+                "criteria",
+                "chained parameters are not supported in subscription criteria".into(),
+            ));
+        }
     }
     let channel = body.get("channel").cloned().unwrap_or(Value::Null);
     if channel.get("type").and_then(Value::as_str) != Some("rest-hook") {
