@@ -43,9 +43,7 @@ struct World {
 async fn world(b: Backend) -> World {
     let app = TestApp::spawn(b).await;
     let owner = app.client("gp-system", "A81001", "gp").await;
-    let pid = owner
-        .create_id(&patient(&nhs(1), "Matrix", "A81001"))
-        .await;
+    let pid = owner.create_id(&patient(&nhs(1), "Matrix", "A81001")).await;
     let care_team = owner
         .create_id(&json!({"resourceType": "CareTeam", "status": "active",
             "subject": {"reference": format!("Patient/{pid}")},
@@ -98,10 +96,17 @@ fn told(r: &Resp, ids: &[&str]) -> Value {
         Some("OperationOutcome") => json!({"outcome": issues(&r.body)}),
         Some("Bundle") => {
             let entries = r.body["entry"].as_array().cloned().unwrap_or_default();
-            let count = |mode: &str| entries.iter().filter(|e| e["search"]["mode"] == mode).count();
+            let count = |mode: &str| {
+                entries
+                    .iter()
+                    .filter(|e| e["search"]["mode"] == mode)
+                    .count()
+            };
             let outcomes: Vec<Value> = entries
                 .iter()
-                .filter(|e| e["search"]["mode"] == "outcome" || e["response"]["outcome"].is_object())
+                .filter(|e| {
+                    e["search"]["mode"] == "outcome" || e["response"]["outcome"].is_object()
+                })
                 .map(|e| {
                     let o = if e["resource"]["resourceType"] == "OperationOutcome" {
                         &e["resource"]
@@ -297,7 +302,10 @@ async fn conditional_writes_answer_nothing_about_withheld_content(b: Backend) {
         ]
     };
     let mut tried = 0;
-    for (subject, label) in [(own.as_str(), "own patient"), (w.pid.as_str(), "the person")] {
+    for (subject, label) in [
+        (own.as_str(), "own patient"),
+        (w.pid.as_str(), "the person"),
+    ] {
         for i in 0..criteria(DNACPR).len() {
             let mut answers = Vec::new();
             for code in [DNACPR, FOR_CPR] {
@@ -319,12 +327,7 @@ async fn conditional_writes_answer_nothing_about_withheld_content(b: Backend) {
                     assert!(r.status < 500, "{cond}: {}", r.text);
                     assert!(!r.text.contains(&w.dnacpr), "{cond}: {}", r.text);
                 }
-                answers.push((
-                    told(&create, &[]),
-                    told(&update, &[]),
-                    told(&tx, &[]),
-                    code,
-                ));
+                answers.push((told(&create, &[]), told(&update, &[]), told(&tx, &[]), code));
                 tried += 1;
             }
             let (a, b2) = (&answers[0], &answers[1]);
@@ -417,7 +420,11 @@ async fn withheld_and_missing_people_look_alike_to_roles_that_may_not_break_glas
                 rg.text
             );
             let shown = json!([ra.entries(None), ra.body["issue"]]).to_string();
-            assert!(!shown.contains("Matrix") && !shown.contains(DNACPR), "{}", ra.text);
+            assert!(
+                !shown.contains("Matrix") && !shown.contains(DNACPR),
+                "{}",
+                ra.text
+            );
             tried += 1;
         }
     }
@@ -433,12 +440,21 @@ async fn refusals_never_tell_the_consent_state_or_name_a_withheld_record(b: Back
     let w = world(b).await;
     // Q: consent given (the spy has no relationship); R: consent withdrawn; S: a deny provision
     // against the spy's organisation.
-    let q = w.owner.create_id(&patient(&nhs(3), "Given", "A81001")).await;
+    let q = w
+        .owner
+        .create_id(&patient(&nhs(3), "Given", "A81001"))
+        .await;
     w.owner.create(&consent(&q, GIVEN, "2026-01-01")).await;
-    let r = w.owner.create_id(&patient(&nhs(4), "Withdrawn", "A81001")).await;
+    let r = w
+        .owner
+        .create_id(&patient(&nhs(4), "Withdrawn", "A81001"))
+        .await;
     w.owner.create(&consent(&r, GIVEN, "2025-01-01")).await;
     w.owner.create(&consent(&r, WITHDRAWN, "2026-01-01")).await;
-    let s = w.owner.create_id(&patient(&nhs(5), "Denied", "A81001")).await;
+    let s = w
+        .owner
+        .create_id(&patient(&nhs(5), "Denied", "A81001"))
+        .await;
     let mut c = consent(&s, GIVEN, "2026-01-01");
     c["provision"] = json!({"type": "permit", "provision": [{"type": "deny",
         "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]},
@@ -464,7 +480,11 @@ async fn refusals_never_tell_the_consent_state_or_name_a_withheld_record(b: Back
             let write = api.post("/Observation", &observation(p, FOR_CPR)).await;
             let delete = api.delete(&format!("/Observation/{}", obs[i])).await;
             for x in [&read, &write, &delete] {
-                assert!(!x.text.to_lowercase().contains("consent"), "{client}: {}", x.text);
+                assert!(
+                    !x.text.to_lowercase().contains("consent"),
+                    "{client}: {}",
+                    x.text
+                );
                 assert!(!x.text.contains("relationship"), "{client}: {}", x.text);
             }
             if read.status != 200 {
@@ -474,8 +494,14 @@ async fn refusals_never_tell_the_consent_state_or_name_a_withheld_record(b: Back
             writes.push(told(&delete, &[&obs[i]]));
         }
         assert!(reads.len() >= 3, "{client}");
-        assert!(reads.windows(2).all(|x| x[0] == x[1]), "{client}: {reads:?}");
-        assert!(writes.windows(2).all(|x| x[0] == x[1]), "{client}: {writes:?}");
+        assert!(
+            reads.windows(2).all(|x| x[0] == x[1]),
+            "{client}: {reads:?}"
+        );
+        assert!(
+            writes.windows(2).all(|x| x[0] == x[1]),
+            "{client}: {writes:?}"
+        );
     }
 
     // The trail keeps the rules' reasons that the callers were not told.
@@ -498,12 +524,19 @@ async fn refusals_never_tell_the_consent_state_or_name_a_withheld_record(b: Back
         .post_with(
             "/Patient",
             &copy,
-            &[("if-none-exist", &format!("identifier={NHS_SYSTEM}|{}", nhs(1)))],
+            &[(
+                "if-none-exist",
+                &format!("identifier={NHS_SYSTEM}|{}", nhs(1)),
+            )],
         )
         .await;
     for x in [&plain, &conditional] {
         assert_eq!(x.status, 409, "{}", x.text);
-        assert!(!x.text.contains(&w.pid), "names the withheld record: {}", x.text);
+        assert!(
+            !x.text.contains(&w.pid),
+            "names the withheld record: {}",
+            x.text
+        );
     }
     assert_eq!(told(&plain, &[]), told(&conditional, &[]));
     // The GP who may read it still cannot make a second record.
@@ -603,7 +636,10 @@ async fn compound_operations_return_only_what_the_token_names(b: Backend) {
         403
     );
     // A token that names everything still gets the whole record.
-    let everything = w.owner.get(&format!("/Patient/{}/$everything", w.pid)).await;
+    let everything = w
+        .owner
+        .get(&format!("/Patient/{}/$everything", w.pid))
+        .await;
     let all = types(&everything);
     for t in ["Patient", "CareTeam", "RelatedPerson", "Observation"] {
         assert!(all.iter().any(|x| x == t), "{t} missing: {all:?}");

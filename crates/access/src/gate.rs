@@ -85,9 +85,13 @@ impl Gate {
     /// Whether the token's scopes let it change resources of this type (create, update or delete).
     pub fn scope_writes(&self, resource_type: &str) -> bool {
         let s = &self.principal.scopes;
-        [Interaction::Create, Interaction::Update, Interaction::Delete]
-            .into_iter()
-            .any(|i| s.allows(resource_type, i))
+        [
+            Interaction::Create,
+            Interaction::Update,
+            Interaction::Delete,
+        ]
+        .into_iter()
+        .any(|i| s.allows(resource_type, i))
     }
 
     /// Decides, before any person is looked up, whether this caller may write patient data of
@@ -336,7 +340,11 @@ mod tests {
             let g = gate(Role::Gp, "A81001", scopes);
             let p = Some(("p1", &facts));
             let patient = if *ty == "Organization" { None } else { p };
-            assert_eq!(g.would_read(patient, ty, "A81001"), *read, "{scopes} would_read {ty}");
+            assert_eq!(
+                g.would_read(patient, ty, "A81001"),
+                *read,
+                "{scopes} would_read {ty}"
+            );
             assert_eq!(
                 g.check_read(patient, ty, "x", "A81001").permits(),
                 *read,
@@ -376,7 +384,10 @@ mod tests {
                 assert!(!reason.contains("consent"), "{reason}");
                 assert_eq!(g.refusal_reasons(), vec![reason]);
             } else {
-                assert!(g.log().is_empty(), "a permit here is not a decision about a row");
+                assert!(
+                    g.log().is_empty(),
+                    "a permit here is not a decision about a row"
+                );
             }
         }
     }

@@ -30,8 +30,7 @@ use serde_json::{json, Value};
 pub const WITHHELD: &str = "withheld by the sharing rules; in an emergency, request access with purpose of use BTG and a reason";
 /// The one public text of anything else the sharing rules refuse: a write, or a search of the
 /// audit trail (the reason is in the audit trail).
-pub const REFUSED: &str =
-    "refused by the sharing rules; the reason is recorded in the audit trail";
+pub const REFUSED: &str = "refused by the sharing rules; the reason is recorded in the audit trail";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -191,7 +190,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ApiError::NotFound("resource not found".into()),
-            StoreError::Gone { version_id, .. } => ApiError::Gone(format!("the resource was deleted (version {version_id})")),
+            StoreError::Gone { version_id, .. } => {
+                ApiError::Gone(format!("the resource was deleted (version {version_id})"))
+            }
             // The rules' reason ("no consent to share is in force", "the person's consent
             // refuses this access") would tell the caller the person's consent state: it stays
             // in the audit record (the gate's log), and every caller gets the one public text.

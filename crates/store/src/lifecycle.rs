@@ -128,7 +128,10 @@ pub(crate) fn after_composition_write(
         Interaction::Create,
         Interaction::Update,
     ];
-    if !needed.iter().all(|i| scopes.allows("DocumentReference", *i)) {
+    if !needed
+        .iter()
+        .all(|i| scopes.allows("DocumentReference", *i))
+    {
         let reason = "a ReSPECT form keeps its DocumentReference index: the token must also search, create and update DocumentReference".to_string();
         gate.record(
             Some(patient),
