@@ -368,11 +368,13 @@ pub(crate) fn gated_where(
         sql.text(target_type.clone())
             .push(" AND r.deleted = FALSE AND r.id IN (")
             .append(&inner_sql)
-            .push(") AND r.id IN (SELECT target_id FROM search_reference WHERE res_type = ")
+            // Probed per candidate (the reference index leads with these columns), so a narrow
+            // inner predicate (an NHS number) never reads every reference of the type.
+            .push(") AND EXISTS (SELECT 1 FROM search_reference x WHERE x.res_type = ")
             .text(ty)
-            .push(" AND param = ")
+            .push(" AND x.param = ")
             .text(param.clone())
-            .push(" AND target_type = ")
+            .push(" AND x.target_id = r.id AND x.target_type = ")
             .text(target_type.clone())
             .push(")");
         let mut ids = Vec::new();
