@@ -9,6 +9,7 @@ mod bundles;
 mod clinical;
 mod emergency;
 mod examples;
+mod leaks;
 mod notify;
 mod rest;
 mod safety;

@@ -287,6 +287,9 @@ fn run_entry(c: &mut DbConn, cx: &Ctx<'_>, e: &Entry, ret: Return) -> Result<Val
         Method::Delete => Interaction::Delete,
     };
     cx.caller.require(kind.name, need)?;
+    if e.method != Method::Get {
+        crate::rest::role_may_write(gate, kind.name)?;
+    }
     let body = || {
         e.resource
             .clone()

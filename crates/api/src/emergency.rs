@@ -1787,7 +1787,21 @@ pub async fn summary(
     let doc = caller
         .audited(&state, "operation", Some("Patient"), async {
             caller.require("Patient", Interaction::Read)?;
+            // The summary is made of these types. A token that may not read them all gets no
+            // summary, rather than one with sections left empty: a crew could take a missing
+            // DNACPR decision for none.
+            for t in SUMMARY_TYPES {
+                caller.require(t, Interaction::Read)?;
+            }
             let lookup = parse_lookup(&pairs)?;
+            // Whether two people share these details, and so whether the look-up refuses to
+            // choose, depends on people the caller may not see; a role that may not learn that a
+            // withheld record exists must name the person by NHS number (one record each).
+            if matches!(lookup, Lookup::Demographics { .. }) && !caller.gate.may_know_withheld() {
+                return Err(ApiError::Forbidden(
+                    "a look-up by name, birth date and postcode is for roles that may break glass; give the NHS number".into(),
+                ));
+            }
             let gate = caller.gate.clone();
             let store = &state.store;
             let not_found = |e| match e {
@@ -1851,6 +1865,22 @@ pub async fn everything(
                     other => return Err(ApiError::BadRequest(format!("'{other}' is not a $everything parameter (_since, _type, _count)"))),
                 }
             }
+            // Only the types the token may read: asked for by name, each must be; otherwise
+            // the record's types it may read (none named: all of them).
+            for t in &types {
+                caller.require(t, Interaction::Read)?;
+            }
+            if types.is_empty() {
+                let readable: Vec<String> = epaccs_fhir::registry::KINDS
+                    .iter()
+                    .filter(|k| k.is_patient_data() && k.client_writable)
+                    .map(|k| k.name.to_string())
+                    .filter(|t| caller.gate.scope_reads(t))
+                    .collect();
+                if !caller.gate.scope_reads("*") {
+                    types = readable;
+                }
+            }
             let gate = caller.gate.clone();
             let pid = id.clone();
             let (mut items, withheld) = state
@@ -1870,8 +1900,9 @@ pub async fn everything(
             let base = &state.base_url;
             let mut entries: Vec<Value> = items.iter().map(|s| respond::entry(full_url(base, s), respond::parse(s), Some("match"))).collect();
             if withheld > 0 && caller.gate.may_know_withheld() {
+                // How many, and of what, would describe what is withheld: only that some is.
                 entries.push(json!({"resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "suppressed",
-                    "diagnostics": format!("{withheld} resource(s) withheld by the sharing rules")}]}, "search": {"mode": "outcome"}}));
+                    "diagnostics": "some of this record is withheld by the sharing rules; in an emergency, request access with purpose of use BTG and a reason"}]}, "search": {"mode": "outcome"}}));
             }
             let self_url = format!("{base}/Patient/{id}/$everything");
             let mut links = vec![("self", if req.query_string().is_empty() { self_url.clone() } else { format!("{self_url}?{}", req.query_string()) })];

@@ -27,6 +27,12 @@ use epaccs_fhir::validate::{Issue, IssueSeverity, ValidationError};
 use epaccs_store::StoreError;
 use serde_json::{json, Value};
 
+/// The one public text of a read the sharing rules refuse (the reason is in the audit trail).
+pub const WITHHELD: &str = "withheld by the sharing rules; in an emergency, request access with purpose of use BTG and a reason";
+/// The one public text of anything else the sharing rules refuse: a write, or a search of the
+/// audit trail (the reason is in the audit trail).
+pub const REFUSED: &str = "refused by the sharing rules; the reason is recorded in the audit trail";
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -190,11 +196,16 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ApiError::NotFound("resource not found".into()),
-            StoreError::Gone { version_id, .. } => ApiError::Gone(format!("the resource was deleted (version {version_id})")),
-            StoreError::Withheld { reason, .. } => ApiError::Withheld(format!(
-                "withheld by the sharing rules ({reason}); in an emergency, request access with purpose of use BTG and a reason"
-            )),
-            StoreError::Forbidden { reason, .. } => ApiError::Forbidden(reason),
+            StoreError::Gone { version_id, .. } => {
+                ApiError::Gone(format!("the resource was deleted (version {version_id})"))
+            }
+            // The rules' reason ("no consent to share is in force", "the person's consent
+            // refuses this access") would tell the caller the person's consent state: it stays
+            // in the audit record (the gate's log), and every caller gets the one public text.
+            // Callers that may not learn that a withheld record exists never get here: the
+            // store answers them as if nothing were there.
+            StoreError::Withheld { .. } => ApiError::Withheld(WITHHELD.into()),
+            StoreError::Forbidden { .. } => ApiError::Forbidden(REFUSED.into()),
             StoreError::PreconditionFailed(m) => ApiError::PreconditionFailed(m),
             StoreError::PreconditionRequired(m) => ApiError::PreconditionRequired(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),

@@ -45,6 +45,16 @@ impl Caller {
             Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) => {
                 (Outcome::SeriousFailure, Some(e.to_string()))
             }
+            // The caller was told one uniform text; the trail keeps the rules' own reasons.
+            Err(e @ (ApiError::Withheld(_) | ApiError::Forbidden(_))) => {
+                let reasons = self.gate.refusal_reasons();
+                let d = if reasons.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{e} ({})", reasons.join("; "))
+                };
+                (Outcome::MinorFailure, Some(d))
+            }
             Err(e) => (Outcome::MinorFailure, Some(e.to_string())),
         };
         let req = audit::Request {

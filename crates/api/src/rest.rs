@@ -124,8 +124,20 @@ fn subscription_rules(state: &AppState, body: &mut Value) -> Result<(), ApiError
                     format!("'{ty}' is not a resource type that can be subscribed to"),
                 )
             })?;
-        Query::parse(state.store.params(), k.name, &query_pairs(query), true)
+        let q = Query::parse(state.store.params(), k.name, &query_pairs(query), true)
             .map_err(|e| bad("criteria", e.to_string()))?;
+        // Criteria are matched as the data is written, before any gate: a chain would be
+        // evaluated over records the subscriber may not see, and whether a notification came
+        // would answer questions about them (a withheld person's birth date).
+        if q.filters
+            .iter()
+            .any(|f| matches!(f, epaccs_fhir::query::Filter::Chain { .. }))
+        {
+            return Err(bad(
+                "criteria",
+                "chained parameters are not supported in subscription criteria".into(),
+            ));
+        }
     }
     let channel = body.get("channel").cloned().unwrap_or(Value::Null);
     if channel.get("type").and_then(Value::as_str) != Some("rest-hook") {
@@ -195,6 +207,20 @@ fn fhir_body(body: &Body) -> Result<Value, ApiError> {
     Ok(validate::parse_json(&body.bytes)?)
 }
 
+/// Refuses, before any person is looked up, a write of patient data by a caller that may not
+/// write it to anyone's record (`Gate::check_write_role`). The refusal depends on the role and
+/// the token only, so it is the same whether the person named exists, is withheld or not: a
+/// role that may not learn of withheld records learns nothing from a write it could never make.
+pub fn role_may_write(gate: &epaccs_access::Gate, ty: &str) -> Result<(), ApiError> {
+    match registry::kind_of(ty).filter(|k| k.is_patient_data()) {
+        Some(k) => match gate.check_write_role(k.name) {
+            epaccs_access::Decision::Deny { reason, .. } => Err(ApiError::Forbidden(reason)),
+            _ => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
 /// Runs a write and its audit record in one transaction of the group commit. A write that fails
 /// leaves nothing behind (its savepoint is rolled back), and its audit record is then made
 /// durable on the audit path of reads, before the refusal is answered.
@@ -205,7 +231,7 @@ pub async fn write_audited(
     ty: &str,
     op: Result<WriteOp, ApiError>,
 ) -> Result<Written, ApiError> {
-    let op = match op {
+    let op = match op.and_then(|op| role_may_write(&caller.gate, ty).map(|()| op)) {
         Ok(op) => op,
         Err(e) => {
             return caller
@@ -686,6 +712,22 @@ pub async fn run_search(
     Ok(searchset(state, caller, ty, &pairs, &q, page))
 }
 
+/// Whether a search only names records (by id, identifier, or the person they are about). Only
+/// then is a role that may break glass told that some of what it named is withheld: after a
+/// search on content (a code, a date, a name, a chain) the note would answer whether withheld
+/// data has that content (whether a person it may not see has a CPR decision).
+fn names_records_only(q: &Query) -> bool {
+    use epaccs_fhir::query::Filter;
+    q.filters.iter().all(|f| match f {
+        Filter::Id(_) => true,
+        Filter::Token { param, not, .. } => param == "identifier" && !not,
+        Filter::Reference { param, .. } | Filter::RefIdentifier { param, .. } => {
+            param == "patient" || param == "subject"
+        }
+        _ => false,
+    })
+}
+
 fn searchset(
     state: &AppState,
     caller: &Caller,
@@ -714,7 +756,7 @@ fn searchset(
     if !q.ignored.is_empty() {
         notes.push(json!({"severity": "warning", "code": "not-supported", "diagnostics": format!("unknown search parameters ignored: {}", q.ignored.join(", "))}));
     }
-    if page.withheld > 0 && caller.gate.may_know_withheld() {
+    if page.withheld > 0 && caller.gate.may_know_withheld() && names_records_only(q) {
         notes.push(json!({"severity": "information", "code": "suppressed",
             "diagnostics": "some matching records are withheld by the sharing rules; in an emergency, repeat the request with purpose of use BTG and a reason"}));
     }

@@ -387,7 +387,7 @@ mod tests {
             user_role: None,
             purpose: Purpose::Treat,
             break_glass_reason: None,
-            scopes: Scopes::default(),
+            scopes: Scopes::parse_strict("system/AuditEvent.read").expect("scope"),
         };
         Gate::new(
             principal,

@@ -4,7 +4,6 @@
 use crate::db::{execute, load, Bind, DbConn, Sql};
 use crate::decisions::{self, Amendment};
 use crate::facts;
-use crate::search::where_clause;
 use crate::StoreError;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel::QueryableByName;
@@ -490,38 +489,57 @@ pub fn condition_match(
     }
 }
 
-/// Resolves a conditional interaction's criteria. A match the caller may not see still blocks
-/// (creating a second record for a person would be worse), but is never returned.
+/// Resolves a conditional interaction's criteria over the rows the caller may see. A match the
+/// sharing rules withhold counts as no match (the write is then decided by the write rules, as
+/// for any other write): otherwise the answer would tell a caller with no access whether a
+/// withheld person, or their data (a CPR decision), matches the criteria. Chained criteria are
+/// gated the same way (`search::gated_where`).
 fn matches_for_condition(
     conn: &mut DbConn,
     gate: &Gate,
     ty: &str,
     filters: &[Filter],
 ) -> Result<Matches, StoreError> {
+    /// Candidates read per round trip while looking for visible ones.
+    const BATCH: i64 = 64;
     if filters.is_empty() {
         return Err(StoreError::BadRequest(
             "a conditional interaction needs at least one search criterion".into(),
         ));
     }
-    let mut sql = Sql::new(&format!("SELECT {COLUMNS} FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.patient_key"));
-    sql.append(&where_clause(ty, filters)).push(" LIMIT 2");
-    let mut rows: Vec<ResourceRow> = load(conn, &sql)?;
-    match rows.len() {
-        0 => Ok(Matches::None),
-        1 => {
-            let row = rows.remove(0);
-            match gate_row(gate, row, &mut HashMap::new(), true)? {
-                Decided::Visible(s) => Ok(Matches::One(s)),
-                Decided::Withheld { reveal, .. } => {
-                    Err(StoreError::PreconditionFailed(if reveal {
-                        "a matching resource exists that the sharing rules withhold from you".into()
-                    } else {
-                        "the condition cannot be satisfied".into()
-                    }))
+    let criteria = crate::search::gated_where(conn, gate, ty, filters)?;
+    let mut facts = HashMap::new();
+    let mut found: Option<ResourceRow> = None;
+    let mut after: Option<String> = None;
+    loop {
+        let mut sql = Sql::new(&format!("SELECT {COLUMNS} FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.patient_key"));
+        sql.append(&criteria);
+        if let Some(a) = &after {
+            sql.push(" AND r.id > ").text(a.clone());
+        }
+        sql.push(" ORDER BY r.id LIMIT ").int(BATCH);
+        let rows: Vec<ResourceRow> = load(conn, &sql)?;
+        let exhausted = (rows.len() as i64) < BATCH;
+        for row in rows {
+            after = Some(row.id.clone());
+            if let Decided::Visible(_) = gate_row(gate, &row, &mut facts, false)? {
+                if found.is_some() {
+                    return Ok(Matches::Many);
                 }
+                found = Some(row);
             }
         }
-        _ => Ok(Matches::Many),
+        if exhausted {
+            break;
+        }
+    }
+    match found {
+        None => Ok(Matches::None),
+        // The one match is returned to the caller: its read is decided (and recorded) as such.
+        Some(row) => match gate_row(gate, row, &mut facts, true)? {
+            Decided::Visible(s) => Ok(Matches::One(s)),
+            Decided::Withheld { .. } => Ok(Matches::None),
+        },
     }
 }
 
@@ -678,9 +696,11 @@ fn check_unique_person(conn: &mut DbConn, put: &Put, id: &str) -> Result<(), Sto
         let Ok(n) = NhsNumber::parse(&t.code) else {
             continue;
         };
-        if let Some(other) = patients_by_nhs(conn, &n)?.into_iter().find(|o| o != id) {
+        // The other record is not named: the caller may not be allowed to read it (a search by
+        // the NHS number finds it for those who may).
+        if patients_by_nhs(conn, &n)?.iter().any(|o| o != id) {
             return Err(StoreError::Conflict(format!(
-                "NHS number {n} already belongs to Patient/{other}: one record per person"
+                "NHS number {n} already belongs to another Patient record: one record per person"
             )));
         }
     }

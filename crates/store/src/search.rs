@@ -122,8 +122,36 @@ fn or_join<T>(sql: &mut Sql, items: &[T], mut each: impl FnMut(&mut Sql, &T)) {
     sql.push(")");
 }
 
+/// The targets of a search's chained parameters that the caller may see, found before the
+/// search runs (see `gated_where`).
+struct Visible {
+    pg: bool,
+    /// By `chain_key`: the ids of visible targets that satisfy the chain's inner predicate
+    /// (its positive form; a negated inner predicate excludes them).
+    targets: HashMap<String, Vec<String>>,
+}
+
+fn chain_key(param: &str, target_type: &str, inner: &Filter) -> String {
+    format!("{param}|{target_type}|{inner:?}")
+}
+
+/// A list of ids as one bound JSON array (one statement shape whatever its length, and no
+/// limit on the number of bound values).
+fn id_list(s: &mut Sql, pg: bool, ids: &[String]) {
+    let json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+    if pg {
+        s.push("SELECT jsonb_array_elements_text(")
+            .text(json)
+            .push("::jsonb)");
+    } else {
+        s.push("SELECT value FROM json_each(").text(json).push(")");
+    }
+}
+
 /// The ids of live `ty` resources that match `f`, as a subquery. Returns (subquery, negate).
-fn id_subquery(ty: &str, f: &Filter) -> (Sql, bool) {
+/// `visible` (when given) holds the chained targets the caller may see; without it a chain
+/// is evaluated over every row, which only the outbox's write-time matching does.
+fn id_subquery(ty: &str, f: &Filter, visible: Option<&Visible>) -> (Sql, bool) {
     let mut s = Sql::default();
     let mut negate = false;
     match f {
@@ -234,18 +262,41 @@ fn id_subquery(ty: &str, f: &Filter) -> (Sql, bool) {
             target_type,
             inner,
         } => {
-            let (inner_sql, inner_neg) = id_subquery(target_type, inner);
+            let (inner_sql, inner_neg) = id_subquery(target_type, inner, None);
             s.push("SELECT id FROM search_reference WHERE res_type = ")
                 .text(ty)
                 .push(" AND param = ")
                 .text(param.clone());
             s.push(" AND target_type = ").text(target_type.clone());
-            s.push(if inner_neg {
-                " AND target_id NOT IN ("
-            } else {
-                " AND target_id IN ("
-            });
-            s.append(&inner_sql).push(")");
+            match visible {
+                // Gated: only targets the caller may see can satisfy the inner predicate.
+                Some(v) => {
+                    let ids = v.targets.get(&chain_key(param, target_type, inner));
+                    match (ids.map(Vec::as_slice), inner_neg) {
+                        (None | Some([]), false) => {
+                            s.push(" AND 1 = 0");
+                        }
+                        (None | Some([]), true) => {}
+                        (Some(ids), neg) => {
+                            s.push(if neg {
+                                " AND target_id NOT IN ("
+                            } else {
+                                " AND target_id IN ("
+                            });
+                            id_list(&mut s, v.pg, ids);
+                            s.push(")");
+                        }
+                    }
+                }
+                None => {
+                    s.push(if inner_neg {
+                        " AND target_id NOT IN ("
+                    } else {
+                        " AND target_id IN ("
+                    });
+                    s.append(&inner_sql).push(")");
+                }
+            }
         }
         Filter::Missing {
             param,
@@ -269,12 +320,79 @@ fn id_subquery(ty: &str, f: &Filter) -> (Sql, bool) {
     (s, negate)
 }
 
-/// The WHERE conditions (on alias `r`) for a type and its filters.
+/// The WHERE conditions (on alias `r`) for a type and its filters, with chains evaluated over
+/// every row. Not for answering a caller: only for matching a Subscription's criteria at write
+/// time (the notification itself goes through the subscriber's gate). Callers use
+/// `gated_where`.
 pub(crate) fn where_clause(ty: &str, filters: &[Filter]) -> Sql {
+    where_with(ty, filters, None)
+}
+
+/// The WHERE conditions for a caller: every chained parameter is evaluated only over the target
+/// rows the caller may see, so a reference to a withheld resource behaves exactly like a
+/// reference to nothing (a chain must never answer questions about a withheld person's birth
+/// date, name or postcode). Each chain's inner predicate is run first, restricted to targets
+/// that rows of `ty` reference through that parameter; the gate decides each (not recorded as
+/// disclosed: no target leaves the store); the search then uses the visible ids. Searches
+/// without chains (the hot paths) cost nothing more.
+pub(crate) fn gated_where(
+    conn: &mut DbConn,
+    gate: &Gate,
+    ty: &str,
+    filters: &[Filter],
+) -> Result<Sql, StoreError> {
+    if !filters.iter().any(|f| matches!(f, Filter::Chain { .. })) {
+        return Ok(where_with(ty, filters, None));
+    }
+    let mut visible = Visible {
+        pg: matches!(conn, DbConn::Pg(_)),
+        targets: HashMap::new(),
+    };
+    let mut facts = HashMap::new();
+    for f in filters {
+        let Filter::Chain {
+            param,
+            target_type,
+            inner,
+        } = f
+        else {
+            continue;
+        };
+        let key = chain_key(param, target_type, inner);
+        if visible.targets.contains_key(&key) {
+            continue;
+        }
+        let (inner_sql, _) = id_subquery(target_type, inner, None);
+        // The gate needs the row's writer and the person's facts, never its content.
+        let mut sql = Sql::new("SELECT r.res_type, r.id, r.version_id, r.patient_key, r.writer_org, r.deleted, r.last_updated, '' AS content, pa.facts FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.patient_key WHERE r.res_type = ");
+        sql.text(target_type.clone())
+            .push(" AND r.deleted = FALSE AND r.id IN (")
+            .append(&inner_sql)
+            // Probed per candidate (the reference index leads with these columns), so a narrow
+            // inner predicate (an NHS number) never reads every reference of the type.
+            .push(") AND EXISTS (SELECT 1 FROM search_reference x WHERE x.res_type = ")
+            .text(ty)
+            .push(" AND x.param = ")
+            .text(param.clone())
+            .push(" AND x.target_id = r.id AND x.target_type = ")
+            .text(target_type.clone())
+            .push(")");
+        let mut ids = Vec::new();
+        for row in load::<ResourceRow>(conn, &sql)? {
+            if let Decided::Visible(s) = gate_row(gate, row, &mut facts, false)? {
+                ids.push(s.id);
+            }
+        }
+        visible.targets.insert(key, ids);
+    }
+    Ok(where_with(ty, filters, Some(&visible)))
+}
+
+fn where_with(ty: &str, filters: &[Filter], visible: Option<&Visible>) -> Sql {
     let mut w = Sql::new(" WHERE r.res_type = ");
     w.text(ty).push(" AND r.deleted = FALSE");
     for f in filters {
-        let (sub, negate) = id_subquery(ty, f);
+        let (sub, negate) = id_subquery(ty, f, visible);
         w.push(if negate {
             " AND r.id NOT IN ("
         } else {
@@ -381,10 +499,11 @@ pub fn search(
     // Positions of the first and last rows on the page, in walk order; only these become links.
     let (mut first, mut last): (Option<Cursor>, Option<Cursor>) = (None, None);
     let mut more = false;
+    let filters = gated_where(conn, gate, ty, &q.filters)?;
     if page_size > 0 && q.summary != epaccs_fhir::query::Summary::Count {
         'fill: loop {
             let mut sql = Sql::new(&format!("SELECT * FROM (SELECT {ROW_COLUMNS}, {int_e} AS sv_int, {text_e} AS sv_text FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.patient_key"));
-            sql.append(&where_clause(ty, &q.filters)).push(") s");
+            sql.append(&filters).push(") s");
             if let Some(c) = &cursor {
                 let gt = if walk_desc { "<" } else { ">" };
                 let col = if c.i.is_some() {
@@ -459,7 +578,7 @@ pub fn search(
     if q.total == epaccs_fhir::query::Total::Accurate
         || q.summary == epaccs_fhir::query::Summary::Count
     {
-        page.total = Some(count_visible(conn, gate, ty, q)?);
+        page.total = Some(count_visible(conn, gate, &filters)?);
     }
     if !q.include.is_empty() || !q.revinclude.is_empty() {
         page.includes = includes(conn, gate, q, &page.matches, &mut facts_cache)?;
@@ -469,9 +588,9 @@ pub fn search(
 
 /// Counts every candidate the caller may see (the gate is asked, but the rows are not logged as
 /// disclosed: only their number leaves).
-fn count_visible(conn: &mut DbConn, gate: &Gate, ty: &str, q: &Query) -> Result<usize, StoreError> {
+fn count_visible(conn: &mut DbConn, gate: &Gate, filters: &Sql) -> Result<usize, StoreError> {
     let mut sql = Sql::new(&format!("SELECT {ROW_COLUMNS} FROM resource r LEFT JOIN patient_access pa ON pa.patient_key = r.patient_key"));
-    sql.append(&where_clause(ty, &q.filters));
+    sql.append(filters);
     let rows: Vec<ResourceRow> = load(conn, &sql)?;
     let mut cache = HashMap::new();
     let mut n = 0;
