@@ -15,8 +15,10 @@
 //! | `Gone` | 410 | `deleted` |
 //! | `PreconditionFailed` | 412 | `conflict` |
 //! | `PayloadTooLarge` | 413 | `too-long` |
+//! | `UriTooLong` | 414 | `too-long` |
 //! | `UnsupportedMediaType` | 415 | `not-supported` |
-//! | `Unprocessable` | 422 | per issue (`processing`, `invariant`...) |
+//! | `Unprocessable` | 422 | per issue (`processing`, `invariant`, `too-long`...) |
+//! | `HeadersTooLarge` | 431 | `too-long` |
 //! | `Unavailable` | 503 | `transient` (+ `Retry-After`) |
 //! | `Internal` | 500 | `exception` (never echoes internals) |
 
@@ -59,9 +61,13 @@ pub enum ApiError {
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
+    UriTooLong(String),
+    #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("the resource cannot be processed")]
     Unprocessable(Vec<Issue>),
+    #[error("{0}")]
+    HeadersTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -117,7 +123,9 @@ impl ApiError {
             ApiError::Conflict(m) => one("conflict", m),
             ApiError::Gone(m) => one("deleted", m),
             ApiError::PreconditionFailed(m) => one("conflict", m),
-            ApiError::PayloadTooLarge(m) => one("too-long", m),
+            ApiError::PayloadTooLarge(m)
+            | ApiError::UriTooLong(m)
+            | ApiError::HeadersTooLarge(m) => one("too-long", m),
             ApiError::UnsupportedMediaType(m) => one("not-supported", m),
             ApiError::Unavailable(m) => one("transient", m),
             ApiError::Internal(_) => {
@@ -146,6 +154,8 @@ impl ResponseError for ApiError {
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -205,7 +215,9 @@ impl From<ValidationError> for ApiError {
             ValidationError::Malformed(m) => {
                 ApiError::BadRequest(format!("the body is not valid JSON: {m}"))
             }
-            ValidationError::WrongType(m) => ApiError::BadRequest(m),
+            ValidationError::WrongType(m) | ValidationError::Unstorable(m) => {
+                ApiError::BadRequest(m)
+            }
             ValidationError::Invalid(issues) => ApiError::Unprocessable(issues),
         }
     }
