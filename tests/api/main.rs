@@ -11,5 +11,6 @@ mod emergency;
 mod examples;
 mod notify;
 mod rest;
+mod robustness;
 mod search;
 mod sharing;

@@ -87,15 +87,17 @@ struct AccessClaims {
     extensions: Option<Value>,
     /// The client registration the token was issued under (its `created` stamp). A token is
     /// honoured only while that registration is current: re-registering a client (another role,
-    /// organisation, scopes or keys) ends its tokens as revocation does.
-    #[serde(default)]
-    reg: i64,
+    /// organisation, scopes or keys) ends its tokens as revocation does. Tokens issued before
+    /// this claim existed (at most `ACCESS_TOKEN_LIFETIME` old at an upgrade) have none and are
+    /// checked for revocation only; nothing without the server's key can remove it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reg: Option<i64>,
 }
 
 struct CachedToken {
     principal: Principal,
     exp: i64,
-    reg: i64,
+    reg: Option<i64>,
 }
 
 /// Issues and verifies tokens.
@@ -315,7 +317,7 @@ impl TokenService {
             org: client.org.clone(),
             role: client.role.clone(),
             extensions: principal_context,
-            reg: client.created,
+            reg: Some(client.created),
         };
         let mut h = Header::new(Algorithm::ES256);
         h.kid = Some(self.kid.clone());
@@ -424,7 +426,7 @@ impl TokenService {
         Ok(principal)
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<(Principal, i64, i64), AuthError> {
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, i64, Option<i64>), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("not a valid JWT: {e}")))?;
         if header.alg != Algorithm::ES256 {
@@ -483,7 +485,11 @@ impl TokenService {
 
     /// Refuses a token unless its client is still registered, unrevoked, under the same
     /// registration it was issued under (re-read at most every `CLIENT_RECHECK`).
-    async fn check_registration(&self, client_id: &str, reg: i64) -> Result<(), AuthError> {
+    async fn check_registration(
+        &self,
+        client_id: &str,
+        reg: Option<i64>,
+    ) -> Result<(), AuthError> {
         let known = self
             .client_active
             .lock()
@@ -507,7 +513,7 @@ impl TokenService {
         };
         match current {
             None => Err(AuthError::Invalid("the client is revoked".into())),
-            Some(r) if r != reg => Err(AuthError::Invalid(
+            Some(r) if reg.is_some_and(|reg| reg != r) => Err(AuthError::Invalid(
                 "the client was registered again after this token was issued; get a new token"
                     .into(),
             )),
