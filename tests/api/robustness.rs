@@ -199,7 +199,17 @@ async fn every_search_parameter_survives_hostile_values(b: Backend) {
             .iter()
             .map(|p| p.code.clone())
             .collect();
-        codes.extend(["_id", "_lastUpdated", "_sort", "_include", "_count", "_elements"].map(String::from));
+        codes.extend(
+            [
+                "_id",
+                "_lastUpdated",
+                "_sort",
+                "_include",
+                "_count",
+                "_elements",
+            ]
+            .map(String::from),
+        );
         for code in codes {
             for v in &values {
                 let modifier = MODIFIERS[n % MODIFIERS.len()];
@@ -318,7 +328,9 @@ async fn json_patch_limits_apply_to_the_result(b: Backend) {
     let many: Vec<Value> = (0..101)
         .map(|_| json!({"op": "test", "path": "/id", "value": pid}))
         .collect();
-    assert!(refused(&patch(Value::Array(many)).await, 422, "101 operations").contains("at most 100"));
+    assert!(
+        refused(&patch(Value::Array(many)).await, 422, "101 operations").contains("at most 100")
+    );
     // Nothing was stored; a patch within the limits still works.
     let r = gp.get(&format!("/Patient/{pid}")).await;
     assert_eq!(r.body["meta"]["versionId"], "1");
@@ -370,11 +382,23 @@ async fn audit_record_lost_tampering_is_refused(b: Backend) {
     );
     // (statement, a table it needs rows in: row triggers do not fire on an empty table)
     let mut tampering = vec![
-        (format!("UPDATE audit_event SET content = 'forged' WHERE id = '{id}'"), "audit_event"),
-        (format!("DELETE FROM audit_event WHERE id = '{id}'"), "audit_event"),
+        (
+            format!("UPDATE audit_event SET content = 'forged' WHERE id = '{id}'"),
+            "audit_event",
+        ),
+        (
+            format!("DELETE FROM audit_event WHERE id = '{id}'"),
+            "audit_event",
+        ),
         ("DELETE FROM audit_patient".to_string(), "audit_patient"),
-        ("UPDATE audit_patient SET patient_key = 'someone-else'".to_string(), "audit_patient"),
-        ("UPDATE audit_patient_recent SET patient_key = 'someone-else'".to_string(), "audit_patient_recent"),
+        (
+            "UPDATE audit_patient SET patient_key = 'someone-else'".to_string(),
+            "audit_patient",
+        ),
+        (
+            "UPDATE audit_patient_recent SET patient_key = 'someone-else'".to_string(),
+            "audit_patient_recent",
+        ),
     ];
     match b {
         Backend::Sqlite => tampering.extend([
@@ -461,7 +485,10 @@ async fn subscription_endpoints_are_allow_listed(b: Backend) {
     let gp = app.client("gp-system", "A81001", "gp").await;
     // The default allows this machine only (tests and the demo); production lists its hosts.
     for (endpoint, rule) in [
-        ("https://hospice.example.org/hook", "EPACCS_SUBSCRIPTION_HOSTS"),
+        (
+            "https://hospice.example.org/hook",
+            "EPACCS_SUBSCRIPTION_HOSTS",
+        ),
         ("http://hospice.example.org/hook", "https"),
         ("http://169.254.169.254/latest/meta-data", "https"),
         ("https://10.0.0.5:5432/", "EPACCS_SUBSCRIPTION_HOSTS"),
@@ -478,7 +505,11 @@ async fn subscription_endpoints_are_allow_listed(b: Backend) {
             r.text
         );
     }
-    for endpoint in ["http://127.0.0.1:9/hook", "http://localhost:9/hook", "http://[::1]:9/hook"] {
+    for endpoint in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost:9/hook",
+        "http://[::1]:9/hook",
+    ] {
         let r = gp.post("/Subscription", &rest_hook(endpoint)).await;
         assert_eq!(r.status, 201, "{endpoint}: {}", r.text);
     }
@@ -487,13 +518,24 @@ async fn subscription_endpoints_are_allow_listed(b: Backend) {
     let mut moved = sub.clone();
     moved["channel"]["endpoint"] = json!("https://attacker.example/");
     let id = sub["id"].as_str().expect("id");
-    refused(&gp.put(&format!("/Subscription/{id}"), &moved, &[]).await, 422, "re-pointed");
+    refused(
+        &gp.put(&format!("/Subscription/{id}"), &moved, &[]).await,
+        422,
+        "re-pointed",
+    );
 }
 
 fn assertion(app: &TestApp, client: &str, extra: Value) -> String {
     let k = es384();
-    keys::sign_assertion(&k.pem, k.alg, &k.kid, client, &app.token_url(), Some(&extra))
-        .expect("sign")
+    keys::sign_assertion(
+        &k.pem,
+        k.alg,
+        &k.kid,
+        client,
+        &app.token_url(),
+        Some(&extra),
+    )
+    .expect("sign")
 }
 
 async fn token_endpoint_refuses_future_assertions_and_superseded_registrations(b: Backend) {
@@ -503,14 +545,23 @@ async fn token_endpoint_refuses_future_assertions_and_superseded_registrations(b
     // RFC 7523 §3.2 / SMART: a failed client assertion check is invalid_client (401).
     for (claim, at) in [("iat", now + 600), ("nbf", now + 600), ("iat", now + 60)] {
         let (status, body) = app
-            .token_request(&assertion(&app, "timely", json!({claim: at})), "system/*.read")
+            .token_request(
+                &assertion(&app, "timely", json!({claim: at})),
+                "system/*.read",
+            )
             .await;
         assert_eq!(status, 401, "{claim} {at}: {body}");
         assert_eq!(body["error"], "invalid_client", "{body}");
-        assert!(body["error_description"].as_str().unwrap_or_default().contains(claim));
+        assert!(body["error_description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(claim));
     }
     // Within the stated skew (5 s), and in the past, an assertion is fine.
-    for extra in [json!({"iat": now + 2, "nbf": now + 2}), json!({"nbf": now - 30})] {
+    for extra in [
+        json!({"iat": now + 2, "nbf": now + 2}),
+        json!({"nbf": now - 30}),
+    ] {
         let (status, body) = app
             .token_request(&assertion(&app, "timely", extra), "system/*.read")
             .await;
@@ -519,7 +570,9 @@ async fn token_endpoint_refuses_future_assertions_and_superseded_registrations(b
 
     // Re-registration with another role bites as revocation does: the old token is refused.
     let gp = app.client("rereg", "A81001", "gp").await;
-    let pid = gp.create_id(&patient(&nhs(1), "Registered", "A81001")).await;
+    let pid = gp
+        .create_id(&patient(&nhs(1), "Registered", "A81001"))
+        .await;
     assert_eq!(gp.get(&format!("/Patient/{pid}")).await.status, 200);
     app.register("rereg", "A81001", "care-home", "system/*.read");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -538,7 +591,9 @@ async fn token_endpoint_refuses_future_assertions_and_superseded_registrations(b
     }
     // A new token carries the new registration: read-only now.
     let home = app.api(app.token("rereg", "system/*.read", None).await);
-    let r = home.post("/Patient", &patient(&nhs(2), "Nope", "A81001")).await;
+    let r = home
+        .post("/Patient", &patient(&nhs(2), "Nope", "A81001"))
+        .await;
     assert_eq!(r.status, 403, "{}", r.text);
 }
 
@@ -555,8 +610,17 @@ async fn conformance_and_validate_are_scoped_and_audited(b: Backend) {
         .as_str()
         .expect("id")
         .to_string();
-    assert_eq!(wide.get(&format!("/StructureDefinition/{sd_id}")).await.status, 200);
-    for path in [sd.to_string(), format!("/StructureDefinition/{sd_id}"), "/ValueSet".into()] {
+    assert_eq!(
+        wide.get(&format!("/StructureDefinition/{sd_id}"))
+            .await
+            .status,
+        200
+    );
+    for path in [
+        sd.to_string(),
+        format!("/StructureDefinition/{sd_id}"),
+        "/ValueSet".into(),
+    ] {
         let r = narrow.get(&path).await;
         assert_eq!(r.status, 403, "{path}: {}", r.text);
         assert!(r
@@ -570,7 +634,13 @@ async fn conformance_and_validate_are_scoped_and_audited(b: Backend) {
     let r = wide.post("/Observation/$validate", &obs).await;
     assert_eq!(r.status, 200, "{}", r.text);
     // No token at all: 401, as everywhere.
-    assert_eq!(app.anonymous().post("/Observation/$validate", &obs).await.status, 401);
+    assert_eq!(
+        app.anonymous()
+            .post("/Observation/$validate", &obs)
+            .await
+            .status,
+        401
+    );
     assert_eq!(app.anonymous().get("/ValueSet").await.status, 401);
     // Each of those calls with a token is on the record, refused or not.
     let trail = po.get("/AuditEvent?agent=narrow&_count=100").await;
@@ -594,9 +664,20 @@ async fn conformance_and_validate_are_scoped_and_audited(b: Backend) {
     let ae = json!({"resourceType": "AuditEvent"});
     assert_eq!(app.anonymous().post("/AuditEvent", &ae).await.status, 401);
     assert_eq!(app.anonymous().delete("/AuditEvent/x").await.status, 401);
-    assert_eq!(app.anonymous().put("/AuditEvent/x", &ae, &[]).await.status, 401);
-    refused(&po.post("/AuditEvent", &ae).await, 405, "po writes the trail");
-    refused(&wide.delete("/AuditEvent/x").await, 405, "gp deletes from the trail");
+    assert_eq!(
+        app.anonymous().put("/AuditEvent/x", &ae, &[]).await.status,
+        401
+    );
+    refused(
+        &po.post("/AuditEvent", &ae).await,
+        405,
+        "po writes the trail",
+    );
+    refused(
+        &wide.delete("/AuditEvent/x").await,
+        405,
+        "gp deletes from the trail",
+    );
     let trail = po.get("/AuditEvent?agent=gp-system&_count=100").await;
     assert!(trail.text.contains("/AuditEvent/x"), "{}", trail.text);
 }
@@ -613,7 +694,12 @@ async fn over_long_requests_answer_outcomes(b: Backend) {
     // Over-long headers: 431 with an OperationOutcome.
     let big = "x".repeat(20 * 1024);
     let r = gp
-        .send(Method::GET, "/Patient", None, &[("x-one", &big), ("x-two", &big)])
+        .send(
+            Method::GET,
+            "/Patient",
+            None,
+            &[("x-one", &big), ("x-two", &big)],
+        )
         .await;
     refused(&r, 431, "long headers");
     // The token endpoint stays OAuth JSON, and a 503 there carries Retry-After (see

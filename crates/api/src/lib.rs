@@ -262,9 +262,9 @@ pub fn app(
         .app_data(state)
         .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
         .wrap_fn(|req, srv| match precheck(&req) {
-            Some(refused) => {
-                futures::future::Either::Left(futures::future::ready(Ok(req.error_response(refused))))
-            }
+            Some(refused) => futures::future::Either::Left(futures::future::ready(Ok(
+                req.error_response(refused)
+            ))),
             None => futures::future::Either::Right(srv.call(req)),
         })
         .wrap(ErrorHandlers::new().default_handler(outcome_for_foreign_errors))

@@ -423,9 +423,8 @@ fn apply_patch(
     ops: &json_patch::Patch,
 ) -> Result<Value, ApiError> {
     use json_patch::PatchOperation as Op;
-    let too_long = |msg: String| {
-        ApiError::Unprocessable(vec![validate::Issue::error("too-long", None, msg)])
-    };
+    let too_long =
+        |msg: String| ApiError::Unprocessable(vec![validate::Issue::error("too-long", None, msg)]);
     if ops.0.len() > limits.max_patch_operations {
         return Err(too_long(format!(
             "the patch has {} operations; at most {} are accepted",

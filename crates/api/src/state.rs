@@ -170,6 +170,10 @@ mod tests {
         assert!(EndpointPolicy::parse("").is_err());
         assert!(EndpointPolicy::parse("*").is_err());
         assert!(EndpointPolicy::parse("a b").is_err());
-        assert!(EndpointPolicy::parse("loopback,10.0.0.5").expect("ip").loopback);
+        assert!(
+            EndpointPolicy::parse("loopback,10.0.0.5")
+                .expect("ip")
+                .loopback
+        );
     }
 }

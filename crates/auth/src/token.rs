@@ -485,11 +485,7 @@ impl TokenService {
 
     /// Refuses a token unless its client is still registered, unrevoked, under the same
     /// registration it was issued under (re-read at most every `CLIENT_RECHECK`).
-    async fn check_registration(
-        &self,
-        client_id: &str,
-        reg: Option<i64>,
-    ) -> Result<(), AuthError> {
+    async fn check_registration(&self, client_id: &str, reg: Option<i64>) -> Result<(), AuthError> {
         let known = self
             .client_active
             .lock()
@@ -608,7 +604,10 @@ mod tests {
             (serde_json::json!({"iat": now + LEEWAY as i64}), true),
             (serde_json::json!({"iat": now + 60}), false),
             (serde_json::json!({"nbf": now + 60}), false),
-            (serde_json::json!({"nbf": now - 60, "iat": now + 3600}), false),
+            (
+                serde_json::json!({"nbf": now - 60, "iat": now + 3600}),
+                false,
+            ),
             (serde_json::json!({"iat": "soon"}), false),
         ] {
             let r = check_not_future(&claims, now);

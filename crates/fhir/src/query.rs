@@ -660,16 +660,43 @@ mod tests {
         let sp = SearchParams::shipped().expect("load");
         let one = |k: &str, v: String| vec![(k.to_string(), v)];
         let parse = |p: Vec<(String, String)>| Query::parse(&sp, "Patient", &p, false);
-        assert!(matches!(parse(one("family", "a\0b".into())), Err(QueryError::BadValue(_))));
-        assert!(matches!(parse(one("fam\0ily", "x".into())), Err(QueryError::BadValue(_))));
-        let ids = |n: usize| (0..n).map(|i| format!("id{i}")).collect::<Vec<_>>().join(",");
+        assert!(matches!(
+            parse(one("family", "a\0b".into())),
+            Err(QueryError::BadValue(_))
+        ));
+        assert!(matches!(
+            parse(one("fam\0ily", "x".into())),
+            Err(QueryError::BadValue(_))
+        ));
+        let ids = |n: usize| {
+            (0..n)
+                .map(|i| format!("id{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         parse(one("_id", ids(MAX_VALUES_PER_PARAMETER))).expect("at the cap");
-        assert!(matches!(parse(one("_id", ids(500))), Err(QueryError::TooLarge(_))));
-        assert!(matches!(parse(one("family", "x".repeat(MAX_VALUE_BYTES + 1))), Err(QueryError::TooLarge(_))));
-        let many: Vec<(String, String)> = (0..=MAX_FILTERS).map(|i| ("family".to_string(), format!("n{i}"))).collect();
+        assert!(matches!(
+            parse(one("_id", ids(500))),
+            Err(QueryError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse(one("family", "x".repeat(MAX_VALUE_BYTES + 1))),
+            Err(QueryError::TooLarge(_))
+        ));
+        let many: Vec<(String, String)> = (0..=MAX_FILTERS)
+            .map(|i| ("family".to_string(), format!("n{i}")))
+            .collect();
         assert!(matches!(parse(many), Err(QueryError::TooLarge(_))));
-        assert!(parse(one("value-quantity", "1e400".into())).is_ok(), "Patient has no value-quantity: ignored");
-        let obs = Query::parse(&sp, "Observation", &one("value-quantity", "1e400".into()), false);
+        assert!(
+            parse(one("value-quantity", "1e400".into())).is_ok(),
+            "Patient has no value-quantity: ignored"
+        );
+        let obs = Query::parse(
+            &sp,
+            "Observation",
+            &one("value-quantity", "1e400".into()),
+            false,
+        );
         assert!(matches!(obs, Err(QueryError::BadValue(_))));
     }
 }

@@ -90,7 +90,11 @@ pub fn check_no_nul(v: &Value) -> Result<(), ValidationError> {
         None => Ok(()),
         Some(p) => Err(ValidationError::Unstorable(format!(
             "the body contains a NUL character (U+0000) at {}; it is never valid in FHIR",
-            if p.is_empty() { "its top level" } else { p.as_str() }
+            if p.is_empty() {
+                "its top level"
+            } else {
+                p.as_str()
+            }
         ))),
     }
 }
@@ -327,7 +331,10 @@ mod tests {
     fn refuses_nul_anywhere_with_its_path() {
         for (body, path) in [
             (r#"{"resourceType":"Patient","id":"a\u0000"}"#, "id"),
-            (r#"{"resourceType":"Patient","name":[{"given":["x","\u0000"]}]}"#, "name[0].given[1]"),
+            (
+                r#"{"resourceType":"Patient","name":[{"given":["x","\u0000"]}]}"#,
+                "name[0].given[1]",
+            ),
             (r#"{"resourceType":"Patient","x\u0000":1}"#, "its top level"),
         ] {
             let Err(ValidationError::Unstorable(m)) = parse_json(body.as_bytes()) else {
@@ -335,7 +342,8 @@ mod tests {
             };
             assert!(m.contains(path), "{m}");
         }
-        parse_json(br#"{"resourceType":"Patient","id":"a\u0001"}"#).expect("other controls pass here");
+        parse_json(br#"{"resourceType":"Patient","id":"a\u0001"}"#)
+            .expect("other controls pass here");
     }
 
     #[test]

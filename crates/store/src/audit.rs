@@ -313,14 +313,12 @@ pub fn search(
     let events = rows
         .into_iter()
         .map(|r| {
-            epaccs_access::audit::render_stored(&r.id, r.recorded, &r.content).unwrap_or_else(
-                |e| {
-                    // A row nobody can read was not written by the service: say so, and keep
-                    // the rest of the trail searchable.
-                    tracing::error!(id = %r.id, error = %e, "audit record cannot be read");
-                    damaged(&r.id, r.recorded)
-                },
-            )
+            epaccs_access::audit::render_stored(&r.id, r.recorded, &r.content).unwrap_or_else(|e| {
+                // A row nobody can read was not written by the service: say so, and keep
+                // the rest of the trail searchable.
+                tracing::error!(id = %r.id, error = %e, "audit record cannot be read");
+                damaged(&r.id, r.recorded)
+            })
         })
         .collect();
     Ok((events, next))
