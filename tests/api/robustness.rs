@@ -23,6 +23,7 @@ both_backends!(
     token_endpoint_refuses_future_assertions_and_superseded_registrations,
     conformance_and_validate_are_scoped_and_audited,
     over_long_requests_answer_outcomes,
+    summary_unavailable_during_an_outage,
 );
 
 /// Asserts a 4xx with an OperationOutcome body, and returns its diagnostics.
@@ -702,6 +703,35 @@ async fn over_long_requests_answer_outcomes(b: Backend) {
         )
         .await;
     refused(&r, 431, "long headers");
+    // Requests the HTTP layer refuses before the application sees them: still an outcome.
+    let token = gp.token.clone().expect("token");
+    for (head, status) in [
+        (
+            format!("GET /Patient?family={} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)),
+            414,
+        ),
+        (
+            format!("GET /Patient HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nX-Note: a\0b\r\n\r\n"),
+            400,
+        ),
+        (
+            format!("GET /Patient HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(140_000)),
+            431,
+        ),
+        ("GET /Patient HTTP/1.1\r\nHost x\r\n\r\n".to_string(), 400),
+    ] {
+        let (got, body) = raw_request(&app.base, head.as_bytes()).await;
+        assert_eq!(got, status, "{}: {body}", &head[..head.len().min(60)]);
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        assert_eq!(v["resourceType"], "OperationOutcome", "{body}");
+    }
+    // Ordinary traffic on the same kind of connection is untouched, keep-alive included.
+    let (got, _) = raw_request(
+        &app.base,
+        format!("GET /Patient?_count=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(got, 200);
     // The token endpoint stays OAuth JSON, and a 503 there carries Retry-After (see
     // `smart::token`); a malformed token request is a 400 with an error code, never empty.
     let r = app
@@ -714,4 +744,133 @@ async fn over_long_requests_answer_outcomes(b: Backend) {
     assert_eq!(r.status().as_u16(), 400);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["error"], "invalid_request");
+}
+
+/// Sends raw bytes on a new connection and reads the response until the server closes it.
+async fn raw_request(base: &str, bytes: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The server may refuse before reading everything; what it answered is still readable.
+    let _ = conn.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut out),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Hazard "summary unavailable during an outage": while the database is unavailable the crew's
+/// emergency summary and the token endpoint answer at once with 503 and `Retry-After` (an
+/// OperationOutcome, and OAuth JSON), never a 500 or an empty body, and recover with the
+/// database. PostgreSQL: connections refused and cut. SQLite (one file, no network): another
+/// process holds the write lock, so reads and their audit go on while writes, such as the token
+/// endpoint's replay record, wait for SQLite's busy timeout (10 s) before their 503.
+async fn summary_unavailable_during_an_outage(b: Backend) {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let app = TestApp::spawn(b).await;
+    let gp = app.client("gp-system", "A81001", "gp").await;
+    let number = nhs(1);
+    let pid = gp.create_id(&patient(&number, "Outage", "A81001")).await;
+    gp.create(&consent(&pid, GIVEN, "2026-11-01")).await;
+    app.register("ambulance", "RX801", "ambulance", "system/*.read");
+    let crew = app.api(app.token("ambulance", "system/*.read", None).await);
+    let summary = format!(
+        "/Patient/$emergency-summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{number}"
+    );
+    let r = crew.get(&summary).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let unavailable = |status: u16, retry: Option<String>, what: &str| {
+        assert_eq!(status, 503, "{what}");
+        let secs: u64 = retry.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+        assert!((1..=60).contains(&secs), "{what}: Retry-After {retry:?}");
+    };
+    let started = std::time::Instant::now();
+    match b {
+        Backend::Postgres => {
+            let name = app.db_url.rsplit('/').next().expect("db name").to_string();
+            let mut admin =
+                diesel::PgConnection::establish(&format!("{}/postgres", pg_admin_url()))
+                    .expect("admin");
+            admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
+                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
+                ))
+                .expect("cut off");
+            // Past the token's registration re-check, so every part needs the database.
+            tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+            let r = crew.get(&summary).await;
+            unavailable(r.status, r.header("retry-after"), &r.text);
+            r.outcome();
+            let resp = app
+                .http
+                .post(app.token_url())
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", &assertion(&app, "ambulance", json!({}))),
+                    ("scope", "system/*.read"),
+                ])
+                .send()
+                .await
+                .expect("token");
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string);
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.expect("OAuth JSON");
+            unavailable(status, retry, &body.to_string());
+            assert_eq!(body["error"], "temporarily_unavailable");
+            admin
+                .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+                .expect("back");
+        }
+        Backend::Sqlite => {
+            let path = app.db_url.trim_start_matches("sqlite://").to_string();
+            let mut other = diesel::SqliteConnection::establish(&path).expect("open");
+            other.batch_execute("BEGIN IMMEDIATE").expect("write lock");
+            // Reads and their audit records (the journal) do not need the write lock: the
+            // crew's summary goes on. (Writes, such as the token endpoint's replay record, wait
+            // out SQLite's busy timeout, 10 s a statement, and then answer 503 with Retry-After;
+            // the PostgreSQL run checks that answer.)
+            for _ in 0..3 {
+                let r = crew.get(&summary).await;
+                assert_eq!(r.status, 200, "{}", r.text);
+            }
+            other.batch_execute("ROLLBACK").expect("release");
+        }
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // Back: the summary and tokens work again without a restart.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let a = assertion(&app, "ambulance", json!({}));
+        let (status, body) = app.token_request(&a, "system/*.read").await;
+        let r = crew.get(&summary).await;
+        if status == 200 && r.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery: token {status} {body}, summary {} {}",
+            r.status,
+            r.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

@@ -10,6 +10,7 @@ pub mod respond;
 mod rest;
 mod smart;
 pub mod state;
+mod wire;
 
 pub use error::ApiError;
 pub use state::{AppState, Limits};
@@ -18,7 +19,7 @@ use actix_web::body::{BoxBody, EitherBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
-use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{guard, web, App, HttpRequest, HttpResponse};
 use std::net::TcpListener;
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -58,8 +59,7 @@ async fn audit_write(
 
 /// Longest request target (path and query) the service reads: 8 KiB, as common servers do.
 /// Beyond it, 414. (actix-http itself refuses targets over 64 KiB and heads over 128 KiB before
-/// the application sees them, with an empty body: these limits keep the service's own answer,
-/// an OperationOutcome, for everything up to there.)
+/// the application sees them; `wire` gives those refusals their OperationOutcome.)
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// Largest header block (names and values) the service reads; beyond it, 431.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -272,16 +272,50 @@ pub fn app(
 }
 
 /// The HTTP server over a bound listener; await it (or spawn it) to serve until stopped.
+///
+/// Built as `HttpServer` builds it (same timeouts and graceful shutdown), with each connection
+/// wrapped in [`wire::OutcomeIo`] so that even the refusals actix-http writes itself are
+/// OperationOutcomes.
 pub fn server(
     state: AppState,
     listener: TcpListener,
     workers: usize,
 ) -> std::io::Result<actix_web::dev::Server> {
+    use actix_service::{IntoServiceFactory, ServiceFactoryExt};
     let state = web::Data::new(state);
-    Ok(HttpServer::new(move || app(state.clone()))
+    let addr = listener.local_addr()?;
+    let builder = actix_server::Server::build();
+    let shutdown = builder.graceful_shutdown_signal();
+    Ok(builder
         .workers(workers)
         .backlog(2048)
         .disable_signals()
-        .listen(listener)?
+        .listen("epaccs", listener, move || {
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            let app = app(state).into_factory().map_err(|e| e.error_response());
+            let http = actix_http::HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let signal = shutdown.clone();
+                    async move { signal.notified().await }
+                })
+                .keep_alive(actix_http::KeepAlive::default())
+                .client_request_timeout(std::time::Duration::from_secs(5))
+                .client_disconnect_timeout(std::time::Duration::from_secs(1))
+                .h1_allow_half_closed(true)
+                .local_addr(addr)
+                .finish(actix_service::map_config(app, |_| {
+                    actix_web::dev::AppConfig::default()
+                }));
+            actix_service::fn_service(|io: tokio::net::TcpStream| {
+                let peer = io.peer_addr().ok();
+                futures::future::ready(Ok::<_, actix_http::error::DispatchError>((
+                    wire::OutcomeIo::new(io),
+                    actix_http::Protocol::Http1,
+                    peer,
+                )))
+            })
+            .and_then(http)
+        })?
         .run())
 }
