@@ -3,6 +3,7 @@
 use crate::Settings;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use epaccs_api::state::EndpointPolicy;
 use epaccs_api::Limits;
 use epaccs_auth::keys::{self, ClientAlg};
 use epaccs_core::{OdsCode, Role, Scopes};
@@ -82,6 +83,10 @@ pub struct ServeArgs {
     /// First notification retry delay in milliseconds (doubles per attempt, with jitter).
     #[arg(long, env = "EPACCS_NOTIFY_RETRY_MS", default_value = "500")]
     pub notify_retry_ms: String,
+    /// Hosts Subscription endpoints may name, comma-separated: host names, IP addresses,
+    /// `*.domain`, and `loopback` (this machine, http allowed). Outside loopback only https.
+    #[arg(long, env = "EPACCS_SUBSCRIPTION_HOSTS", default_value = "loopback")]
+    pub subscription_hosts: String,
     /// Base URL of a National Record Locator-style FHIR endpoint to publish pointers to (off if unset).
     #[arg(long, env = "EPACCS_NRL_URL")]
     pub nrl_url: Option<String>,
@@ -238,6 +243,8 @@ impl ServeArgs {
             rules,
             limits: Limits {
                 max_body_bytes,
+                subscription_endpoints: EndpointPolicy::parse(&self.subscription_hosts)
+                    .map_err(|e| anyhow::anyhow!("EPACCS_SUBSCRIPTION_HOSTS: {e}"))?,
                 ..Limits::default()
             },
             notify,

@@ -124,6 +124,7 @@ fn settings(db_url: &str) -> Settings {
         limits: Limits {
             max_body_bytes: 256 * 1024,
             max_bundle_entries: 100,
+            ..Limits::default()
         },
         notify: epaccs_notify::NotifyOptions {
             max_attempts: 4,

@@ -12,6 +12,7 @@ mod examples;
 mod leaks;
 mod notify;
 mod rest;
+mod robustness;
 mod safety;
 mod search;
 mod sharing;

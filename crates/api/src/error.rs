@@ -16,8 +16,10 @@
 //! | `PreconditionFailed` | 412 | `conflict` |
 //! | `PreconditionRequired` | 428 | `business-rule` |
 //! | `PayloadTooLarge` | 413 | `too-long` |
+//! | `UriTooLong` | 414 | `too-long` |
 //! | `UnsupportedMediaType` | 415 | `not-supported` |
-//! | `Unprocessable` | 422 | per issue (`processing`, `invariant`...) |
+//! | `Unprocessable` | 422 | per issue (`processing`, `invariant`, `too-long`...) |
+//! | `HeadersTooLarge` | 431 | `too-long` |
 //! | `Unavailable` | 503 | `transient` (+ `Retry-After`) |
 //! | `Internal` | 500 | `exception` (never echoes internals) |
 
@@ -69,9 +71,13 @@ pub enum ApiError {
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
+    UriTooLong(String),
+    #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("the resource cannot be processed")]
     Unprocessable(Vec<Issue>),
+    #[error("{0}")]
+    HeadersTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -128,7 +134,9 @@ impl ApiError {
             ApiError::Gone(m) => one("deleted", m),
             ApiError::PreconditionFailed(m) => one("conflict", m),
             ApiError::PreconditionRequired(m) => one("business-rule", m),
-            ApiError::PayloadTooLarge(m) => one("too-long", m),
+            ApiError::PayloadTooLarge(m)
+            | ApiError::UriTooLong(m)
+            | ApiError::HeadersTooLarge(m) => one("too-long", m),
             ApiError::UnsupportedMediaType(m) => one("not-supported", m),
             ApiError::Unavailable(m) => one("transient", m),
             ApiError::Internal(_) => {
@@ -158,6 +166,8 @@ impl ResponseError for ApiError {
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PreconditionRequired(_) => StatusCode::PRECONDITION_REQUIRED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -223,7 +233,9 @@ impl From<ValidationError> for ApiError {
             ValidationError::Malformed(m) => {
                 ApiError::BadRequest(format!("the body is not valid JSON: {m}"))
             }
-            ValidationError::WrongType(m) => ApiError::BadRequest(m),
+            ValidationError::WrongType(m) | ValidationError::Unstorable(m) => {
+                ApiError::BadRequest(m)
+            }
             ValidationError::Invalid(issues) => ApiError::Unprocessable(issues),
         }
     }

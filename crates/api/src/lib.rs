@@ -10,15 +10,16 @@ pub mod respond;
 mod rest;
 mod smart;
 pub mod state;
+mod wire;
 
 pub use error::ApiError;
 pub use state::{AppState, Limits};
 
 use actix_web::body::{BoxBody, EitherBody};
-use actix_web::dev::ServiceResponse;
-use actix_web::http::header;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::http::{header, Method};
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
-use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{guard, web, App, HttpRequest, HttpResponse};
 use std::net::TcpListener;
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -35,6 +36,70 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
         req.method(),
         req.path()
     )))
+}
+
+/// Writes to the audit trail are refused, after the caller is identified: no token is a 401, as
+/// everywhere else, and a refused attempt by a known caller is itself audited.
+async fn audit_write(
+    state: web::Data<AppState>,
+    caller: extract::Caller,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let interaction = match *req.method() {
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "operation",
+    };
+    caller
+        .audited(&state, interaction, Some("AuditEvent"), audit::immutable())
+        .await
+}
+
+/// Longest request target (path and query) the service reads: 8 KiB, as common servers do.
+/// Beyond it, 414. (actix-http itself refuses targets over 64 KiB and heads over 128 KiB before
+/// the application sees them; `wire` gives those refusals their OperationOutcome.)
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Largest header block (names and values) the service reads; beyond it, 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Checks made before routing: the request target's and headers' size, and NUL characters,
+/// which no FHIR value may hold and PostgreSQL text cannot store (a 400 here, never a 500 from
+/// the database). Values decoded later (search parameters, JSON bodies) are checked where they
+/// are parsed (`epaccs_fhir::query`, `epaccs_fhir::validate`).
+fn precheck(req: &ServiceRequest) -> Option<ApiError> {
+    let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+    if target.len() > MAX_URI_BYTES {
+        return Some(ApiError::UriTooLong(format!(
+            "the request URL is longer than {MAX_URI_BYTES} bytes; use POST [type]/_search for long searches"
+        )));
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Some(ApiError::HeadersTooLarge(format!(
+            "the request headers are larger than {MAX_HEADER_BYTES} bytes"
+        )));
+    }
+    if target.contains("%00") {
+        return Some(ApiError::BadRequest(
+            "the request URL contains a NUL character (%00), which is never valid".into(),
+        ));
+    }
+    if let Some((name, _)) = req
+        .headers()
+        .iter()
+        .find(|(_, v)| v.as_bytes().contains(&0))
+    {
+        return Some(ApiError::BadRequest(format!(
+            "header {name} contains a NUL character, which is never valid"
+        )));
+    }
+    None
 }
 
 async fn validate_instance(
@@ -113,12 +178,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/AuditEvent")
             .route(web::get().to(audit::search))
-            .default_service(web::to(audit::immutable)),
+            .default_service(web::to(audit_write)),
     )
     .service(
         web::resource("/AuditEvent/{id}")
             .route(web::get().to(audit::read))
-            .default_service(web::to(audit::immutable)),
+            .default_service(web::to(audit_write)),
     )
     .service(method_guarded("/StructureDefinition").route(web::get().to(rest::conformance_search)))
     .service(
@@ -196,21 +261,61 @@ pub fn app(
     App::new()
         .app_data(state)
         .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+        .wrap_fn(|req, srv| match precheck(&req) {
+            Some(refused) => futures::future::Either::Left(futures::future::ready(Ok(
+                req.error_response(refused)
+            ))),
+            None => futures::future::Either::Right(srv.call(req)),
+        })
         .wrap(ErrorHandlers::new().default_handler(outcome_for_foreign_errors))
         .configure(configure)
 }
 
 /// The HTTP server over a bound listener; await it (or spawn it) to serve until stopped.
+///
+/// Built as `HttpServer` builds it (same timeouts and graceful shutdown), with each connection
+/// wrapped in [`wire::OutcomeIo`] so that even the refusals actix-http writes itself are
+/// OperationOutcomes.
 pub fn server(
     state: AppState,
     listener: TcpListener,
     workers: usize,
 ) -> std::io::Result<actix_web::dev::Server> {
+    use actix_service::{IntoServiceFactory, ServiceFactoryExt};
     let state = web::Data::new(state);
-    Ok(HttpServer::new(move || app(state.clone()))
+    let addr = listener.local_addr()?;
+    let builder = actix_server::Server::build();
+    let shutdown = builder.graceful_shutdown_signal();
+    Ok(builder
         .workers(workers)
         .backlog(2048)
         .disable_signals()
-        .listen(listener)?
+        .listen("epaccs", listener, move || {
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            let app = app(state).into_factory().map_err(|e| e.error_response());
+            let http = actix_http::HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let signal = shutdown.clone();
+                    async move { signal.notified().await }
+                })
+                .keep_alive(actix_http::KeepAlive::default())
+                .client_request_timeout(std::time::Duration::from_secs(5))
+                .client_disconnect_timeout(std::time::Duration::from_secs(1))
+                .h1_allow_half_closed(true)
+                .local_addr(addr)
+                .finish(actix_service::map_config(app, |_| {
+                    actix_web::dev::AppConfig::default()
+                }));
+            actix_service::fn_service(|io: tokio::net::TcpStream| {
+                let peer = io.peer_addr().ok();
+                futures::future::ready(Ok::<_, actix_http::error::DispatchError>((
+                    wire::OutcomeIo::new(io),
+                    actix_http::Protocol::Http1,
+                    peer,
+                )))
+            })
+            .and_then(http)
+        })?
         .run())
 }

@@ -150,15 +150,11 @@ fn subscription_rules(state: &AppState, body: &mut Value) -> Result<(), ApiError
         .get("endpoint")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    match url::Url::parse(endpoint) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-        _ => {
-            return Err(bad(
-                "channel.endpoint",
-                format!("'{endpoint}' is not an http(s) URL"),
-            ))
-        }
-    }
+    state
+        .limits
+        .subscription_endpoints
+        .check(endpoint)
+        .map_err(|rule| bad("channel.endpoint", rule))?;
     match channel.get("payload").and_then(Value::as_str) {
         None | Some("application/fhir+json") | Some("application/json") => {}
         Some(other) => {
@@ -432,14 +428,7 @@ pub async fn patch(
         let ops: json_patch::Patch = serde_json::from_slice(&body.bytes).map_err(|e| {
             ApiError::BadRequest(format!("the body is not a JSON Patch document: {e}"))
         })?;
-        let mut doc = respond::parse(&current);
-        json_patch::patch(&mut doc, &ops).map_err(|e| {
-            ApiError::Unprocessable(vec![validate::Issue::error(
-                "processing",
-                None,
-                format!("the patch cannot be applied: {e}"),
-            )])
-        })?;
+        let doc = apply_patch(&state.limits, respond::parse(&current), &ops)?;
         if doc.get("id").and_then(Value::as_str) != Some(id.as_str())
             || doc.get("resourceType").and_then(Value::as_str) != Some(kind.name)
         {
@@ -461,6 +450,61 @@ pub async fn patch(
     })();
     let w = write_audited(&state, &caller, "patch", &ty, op).await?;
     Ok(write_response(&state, &req, &w))
+}
+
+/// Applies a JSON Patch within the limits: at most `max_patch_operations` operations, and a
+/// result never larger than `max_body_bytes` (the largest resource a client could PUT). The size
+/// is checked as the operations run, so repeated `copy`s that double the resource are stopped
+/// before they exhaust memory, not after.
+fn apply_patch(
+    limits: &crate::state::Limits,
+    mut doc: Value,
+    ops: &json_patch::Patch,
+) -> Result<Value, ApiError> {
+    use json_patch::PatchOperation as Op;
+    let too_long =
+        |msg: String| ApiError::Unprocessable(vec![validate::Issue::error("too-long", None, msg)]);
+    if ops.0.len() > limits.max_patch_operations {
+        return Err(too_long(format!(
+            "the patch has {} operations; at most {} are accepted",
+            ops.0.len(),
+            limits.max_patch_operations
+        )));
+    }
+    let max = limits.max_body_bytes;
+    let size = |v: &Value| serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
+    // An upper bound on the size, re-measured only when it passes the limit.
+    let mut bound = size(&doc);
+    for op in &ops.0 {
+        let added = match op {
+            Op::Add(o) => size(&o.value),
+            Op::Replace(o) => size(&o.value),
+            Op::Copy(o) => doc.pointer(o.from.as_str()).map_or(0, size),
+            Op::Remove(_) | Op::Move(_) | Op::Test(_) => 0,
+        };
+        bound = bound.saturating_add(added);
+        if bound > max {
+            bound = size(&doc).saturating_add(added);
+        }
+        if bound > max {
+            return Err(too_long(format!(
+                "the patched resource would be larger than the limit of {max} bytes"
+            )));
+        }
+        json_patch::patch(&mut doc, std::slice::from_ref(op)).map_err(|e| {
+            ApiError::Unprocessable(vec![validate::Issue::error(
+                "processing",
+                None,
+                format!("the patch cannot be applied: {e}"),
+            )])
+        })?;
+    }
+    if size(&doc) > max {
+        return Err(too_long(format!(
+            "the patched resource is larger than the limit of {max} bytes"
+        )));
+    }
+    Ok(doc)
 }
 
 pub async fn read(
@@ -855,7 +899,8 @@ fn names_bundle_patient(kind: &ResourceKind, body: &Value) -> bool {
     })
 }
 
-/// `[type]/$validate` and `[type]/[id]/$validate`: report, never store.
+/// `[type]/$validate` and `[type]/[id]/$validate`: report, never store. It answers what a write
+/// would, so it needs a token that may create or update the type, and it is audited.
 pub async fn validate_op(
     state: web::Data<AppState>,
     caller: Caller,
@@ -863,8 +908,23 @@ pub async fn validate_op(
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let ty = path.into_inner();
-    let kind = kind(&ty)?;
-    let mut v = fhir_body(&body)?;
+    let outcome = caller
+        .audited(&state, "operation", Some(&ty), async {
+            let kind = kind(&ty)?;
+            caller
+                .require(kind.name, Interaction::Create)
+                .or_else(|_| caller.require(kind.name, Interaction::Update))?;
+            validate_outcome(&state, kind, fhir_body(&body)?)
+        })
+        .await?;
+    Ok(respond::json(StatusCode::OK, &outcome))
+}
+
+fn validate_outcome(
+    state: &AppState,
+    kind: &'static ResourceKind,
+    mut v: Value,
+) -> Result<Value, ApiError> {
     // Accept a Parameters wrapper with a `resource` parameter.
     if v.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
         v = v
@@ -879,8 +939,7 @@ pub async fn validate_op(
                 ApiError::BadRequest("Parameters must carry a 'resource' parameter".into())
             })?;
     }
-    let _ = &caller;
-    let outcome = match prepare_put(&state, kind, v, "POST", None) {
+    Ok(match prepare_put(state, kind, v, "POST", None) {
         // A urn:uuid reference names a Patient in the same bundle: fine when validating an entry.
         Ok(put) if put.link == PatientLink::Missing && !names_bundle_patient(kind, &put.body) => {
             ApiError::Unprocessable(vec![validate::Issue::error(
@@ -901,26 +960,40 @@ pub async fn validate_op(
         ),
         Err(e @ (ApiError::Unprocessable(_) | ApiError::BadRequest(_))) => e.outcome(),
         Err(e) => return Err(e),
-    };
-    Ok(respond::json(StatusCode::OK, &outcome))
+    })
 }
 
-/// The conformance resources (StructureDefinition, ValueSet, CodeSystem, SearchParameter) the
-/// server loaded from `profiles/`: read by id, or searched by `url`, `name`, `type` or `_id`.
-pub async fn conformance_search(
-    state: web::Data<AppState>,
-    _caller: Caller,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let ty = req
-        .path()
+/// The conformance type a request names (`/StructureDefinition/...` -> `StructureDefinition`).
+fn conformance_type(req: &HttpRequest) -> String {
+    req.path()
         .trim_start_matches('/')
         .split('/')
         .next()
         .unwrap_or_default()
-        .to_string();
+        .to_string()
+}
+
+/// The conformance resources (StructureDefinition, ValueSet, CodeSystem, SearchParameter) the
+/// server loaded from `profiles/`: read by id, or searched by `url`, `name`, `type` or `_id`.
+/// Scope-checked (`system/<Type>.read` or `system/*.read`) and audited like any search.
+pub async fn conformance_search(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let ty = conformance_type(&req);
+    let b = caller
+        .audited(&state, "search-type", Some(&ty), async {
+            caller.require(&ty, Interaction::Search)?;
+            conformance_bundle(&state, &req, &ty)
+        })
+        .await?;
+    Ok(respond::json(StatusCode::OK, &b))
+}
+
+fn conformance_bundle(state: &AppState, req: &HttpRequest, ty: &str) -> Result<Value, ApiError> {
     let pairs = query_pairs(req.query_string());
-    let mut items: Vec<&Value> = state.profiles.resources(&ty).iter().collect();
+    let mut items: Vec<&Value> = state.profiles.resources(ty).iter().collect();
     for (k, v) in &pairs {
         let field = match k.as_str() {
             "url" | "name" | "type" | "status" | "code" => k.as_str(),
@@ -945,36 +1018,33 @@ pub async fn conformance_search(
             respond::entry(url, (*r).clone(), Some("match"))
         })
         .collect();
-    Ok(respond::json(
-        StatusCode::OK,
-        &bundle(
-            "searchset",
-            Some(entries.len()),
-            vec![("self", format!("{}{}", state.base_url, req.uri()))],
-            entries,
-        ),
+    Ok(bundle(
+        "searchset",
+        Some(entries.len()),
+        vec![("self", format!("{}{}", state.base_url, req.uri()))],
+        entries,
     ))
 }
 
+/// Scope-checked (`system/<Type>.read` or `system/*.read`) and audited like any read.
 pub async fn conformance_read(
     state: web::Data<AppState>,
-    _caller: Caller,
+    caller: Caller,
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let ty = req
-        .path()
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let ty = conformance_type(&req);
     let id = path.into_inner();
-    let r = state
-        .profiles
-        .resources(&ty)
-        .iter()
-        .find(|r| r["id"].as_str() == Some(id.as_str()))
-        .ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} not found")))?;
+    let r = caller
+        .audited(&state, "read", Some(&ty), async {
+            caller.require(&ty, Interaction::Read)?;
+            state
+                .profiles
+                .resources(&ty)
+                .iter()
+                .find(|r| r["id"].as_str() == Some(id.as_str()))
+                .ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} not found")))
+        })
+        .await?;
     Ok(respond::json(StatusCode::OK, r))
 }

@@ -62,7 +62,15 @@ pub async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
                 _ => StatusCode::BAD_REQUEST,
             };
             tracing::info!(error = e.code(), reason = %e, "token request refused");
-            oauth_error(status, e.code(), &e.to_string())
+            let mut resp = oauth_error(status, e.code(), &e.to_string());
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                // As every 503 of the service: when to try again (RFC 9110 §10.2.3).
+                resp.headers_mut().insert(
+                    actix_web::http::header::RETRY_AFTER,
+                    actix_web::http::header::HeaderValue::from_static("5"),
+                );
+            }
+            resp
         }
     }
 }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub const ACCESS_TOKEN_LIFETIME: i64 = 300;
 /// The longest a client assertion may live, in seconds (SMART: five minutes).
 const MAX_ASSERTION_LIFETIME: i64 = 300;
+/// Clock skew tolerated between a client and this server, in seconds: for an assertion's `exp`,
+/// and for an `iat` or `nbf` ahead of the server's clock.
 const LEEWAY: u64 = 5;
 const JWKS_TTL: Duration = Duration::from_secs(300);
 const CLIENT_RECHECK: Duration = Duration::from_secs(2);
@@ -83,11 +85,19 @@ struct AccessClaims {
     role: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     extensions: Option<Value>,
+    /// The client registration the token was issued under (its `created` stamp). A token is
+    /// honoured only while that registration is current: re-registering a client (another role,
+    /// organisation, scopes or keys) ends its tokens as revocation does. Tokens issued before
+    /// this claim existed (at most `ACCESS_TOKEN_LIFETIME` old at an upgrade) have none and are
+    /// checked for revocation only; nothing without the server's key can remove it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reg: Option<i64>,
 }
 
 struct CachedToken {
     principal: Principal,
     exp: i64,
+    reg: Option<i64>,
 }
 
 /// Issues and verifies tokens.
@@ -102,7 +112,8 @@ pub struct TokenService {
     http: reqwest::Client,
     jwks_cache: Mutex<HashMap<String, (Instant, Value)>>,
     verified: RwLock<HashMap<String, CachedToken>>,
-    client_active: Mutex<HashMap<String, (Instant, bool)>>,
+    /// Per client, when it was last read and its current registration (None: revoked or gone).
+    client_active: Mutex<HashMap<String, (Instant, Option<i64>)>>,
 }
 
 fn unavailable(e: StoreError) -> OAuthError {
@@ -233,6 +244,7 @@ impl TokenService {
         v.sub = Some(client_id.clone());
         v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
         v.leeway = LEEWAY;
+        let now = chrono::Utc::now().timestamp();
         let claims = jsonwebtoken::decode::<Value>(assertion, &key, &v)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => {
@@ -243,7 +255,7 @@ impl TokenService {
                 _ => OAuthError::InvalidClient(format!("the client assertion was refused: {e}")),
             })?
             .claims;
-        let now = chrono::Utc::now().timestamp();
+        check_not_future(&claims, now)?;
         let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
         if exp > now + MAX_ASSERTION_LIFETIME + LEEWAY as i64 {
             return Err(OAuthError::InvalidGrant(
@@ -305,6 +317,7 @@ impl TokenService {
             org: client.org.clone(),
             role: client.role.clone(),
             extensions: principal_context,
+            reg: Some(client.created),
         };
         let mut h = Header::new(Algorithm::ES256);
         h.kid = Some(self.kid.clone());
@@ -383,16 +396,16 @@ impl TokenService {
             .verified
             .read()
             .ok()
-            .and_then(|m| m.get(token).map(|c| (c.principal.clone(), c.exp)));
-        let principal = match cached {
-            Some((p, exp)) => {
+            .and_then(|m| m.get(token).map(|c| (c.principal.clone(), c.exp, c.reg)));
+        let (principal, reg) = match cached {
+            Some((p, exp, reg)) => {
                 if exp + LEEWAY as i64 <= now {
                     return Err(AuthError::Invalid("the access token has expired".into()));
                 }
-                p
+                (p, reg)
             }
             None => {
-                let (p, exp) = self.verify_uncached(token)?;
+                let (p, exp, reg) = self.verify_uncached(token)?;
                 if let Ok(mut m) = self.verified.write() {
                     if m.len() > 50_000 {
                         m.retain(|_, c| c.exp > now);
@@ -402,17 +415,18 @@ impl TokenService {
                         CachedToken {
                             principal: p.clone(),
                             exp,
+                            reg,
                         },
                     );
                 }
-                p
+                (p, reg)
             }
         };
-        self.check_client_active(&principal.client_id).await?;
+        self.check_registration(&principal.client_id, reg).await?;
         Ok(principal)
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<(Principal, i64), AuthError> {
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, i64, Option<i64>), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("not a valid JWT: {e}")))?;
         if header.alg != Algorithm::ES256 {
@@ -466,17 +480,19 @@ impl TokenService {
             break_glass_reason: text("break_glass_reason"),
             scopes,
         };
-        Ok((principal, c.exp))
+        Ok((principal, c.exp, c.reg))
     }
 
-    async fn check_client_active(&self, client_id: &str) -> Result<(), AuthError> {
+    /// Refuses a token unless its client is still registered, unrevoked, under the same
+    /// registration it was issued under (re-read at most every `CLIENT_RECHECK`).
+    async fn check_registration(&self, client_id: &str, reg: Option<i64>) -> Result<(), AuthError> {
         let known = self
             .client_active
             .lock()
             .ok()
             .and_then(|m| m.get(client_id).copied());
-        let active = match known {
-            Some((at, active)) if at.elapsed() < CLIENT_RECHECK => active,
+        let current = match known {
+            Some((at, current)) if at.elapsed() < CLIENT_RECHECK => current,
             _ => {
                 let id = client_id.to_string();
                 let client = self
@@ -484,19 +500,41 @@ impl TokenService {
                     .with_conn(move |c| clients::get(c, &id))
                     .await
                     .map_err(|e| AuthError::Unavailable(e.to_string()))?;
-                let active = client.is_some_and(|c| !c.revoked);
+                let current = client.filter(|c| !c.revoked).map(|c| c.created);
                 if let Ok(mut m) = self.client_active.lock() {
-                    m.insert(client_id.to_string(), (Instant::now(), active));
+                    m.insert(client_id.to_string(), (Instant::now(), current));
                 }
-                active
+                current
             }
         };
-        if active {
-            Ok(())
-        } else {
-            Err(AuthError::Invalid("the client is revoked".into()))
+        match current {
+            None => Err(AuthError::Invalid("the client is revoked".into())),
+            Some(r) if reg.is_some_and(|reg| reg != r) => Err(AuthError::Invalid(
+                "the client was registered again after this token was issued; get a new token"
+                    .into(),
+            )),
+            Some(_) => Ok(()),
         }
     }
+}
+
+/// RFC 7523 §3: an assertion is not to be used before its `nbf`, and one issued (`iat`) in the
+/// future is not a real one. Either beyond the clock skew is refused as `invalid_client`, as
+/// every failed client assertion check is (RFC 7523 §3.2; SMART Backend Services).
+fn check_not_future(claims: &Value, now: i64) -> Result<(), OAuthError> {
+    for name in ["nbf", "iat"] {
+        let Some(v) = claims.get(name) else { continue };
+        let t = v.as_f64().ok_or_else(|| {
+            OAuthError::InvalidClient(format!("the client assertion's {name} is not a number"))
+        })?;
+        if t > (now + LEEWAY as i64) as f64 {
+            return Err(OAuthError::InvalidClient(format!(
+                "the client assertion's {name} is {:.0} s in the future; clocks may differ by at most {LEEWAY} s",
+                t - now as f64
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks the IHE IUA claims of an assertion and returns what goes into the access token.
@@ -551,4 +589,32 @@ fn iua_context(claims: &Value, client: &clients::Client) -> Result<Option<Value>
         }
     }
     Ok(Some(serde_json::json!({"ihe_iua": kept})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assertions_from_the_future_are_refused() {
+        let now = 1_800_000_000;
+        for (claims, ok) in [
+            (serde_json::json!({}), true),
+            (serde_json::json!({"iat": now, "nbf": now}), true),
+            (serde_json::json!({"iat": now + LEEWAY as i64}), true),
+            (serde_json::json!({"iat": now + 60}), false),
+            (serde_json::json!({"nbf": now + 60}), false),
+            (
+                serde_json::json!({"nbf": now - 60, "iat": now + 3600}),
+                false,
+            ),
+            (serde_json::json!({"iat": "soon"}), false),
+        ] {
+            let r = check_not_future(&claims, now);
+            assert_eq!(r.is_ok(), ok, "{claims}");
+            if let Err(e) = r {
+                assert_eq!(e.code(), "invalid_client");
+            }
+        }
+    }
 }

@@ -171,12 +171,65 @@ pub struct Query {
 pub const DEFAULT_COUNT: usize = 20;
 pub const MAX_COUNT: usize = 1000;
 
+// Limits on a query's shape. Each comma-separated value becomes one `OR` term and each parameter
+// one `AND` of a subquery, so the SQL grows with them; SQLite refuses an expression tree deeper
+// than 1000 ("Expression tree is too large") and a LIKE pattern longer than 50,000 bytes. These
+// caps keep every accepted query well inside both backends' limits, and a query beyond them is a
+// 400 naming the limit rather than a database error.
+/// Most comma-separated (OR) values in one parameter.
+pub const MAX_VALUES_PER_PARAMETER: usize = 100;
+/// Most filter parameters (ANDed) in one query, chains included.
+pub const MAX_FILTERS: usize = 40;
+/// Most `_include` plus `_revinclude` parameters, and most `_sort` keys.
+pub const MAX_INCLUDES: usize = 20;
+pub const MAX_SORT_KEYS: usize = 5;
+/// Longest single value (after splitting on commas), and longest parameter name, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024;
+pub const MAX_NAME_BYTES: usize = 128;
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum QueryError {
     #[error("{0}")]
     BadValue(String),
     #[error("unknown search parameter '{0}'")]
     Unknown(String),
+    /// The query is larger than the service accepts (see the `MAX_*` limits).
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// Refuses names and values no backend can store or search: a NUL character (PostgreSQL text
+/// cannot hold U+0000), an over-long name or value, or too many OR values.
+fn check_pair(name: &str, value: &str) -> Result<(), QueryError> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(QueryError::TooLarge(format!(
+            "a search parameter name is longer than {MAX_NAME_BYTES} bytes"
+        )));
+    }
+    if name.contains('\0') || value.contains('\0') {
+        return Err(QueryError::BadValue(format!(
+            "search parameter '{}' contains a NUL character (U+0000), which is never valid",
+            name.replace('\0', "\\0")
+        )));
+    }
+    if name == "_cursor" {
+        // The server's own paging position: its length follows the sort value it carries.
+        return Ok(());
+    }
+    // Commas split values; a value list longer than the cap is refused before splitting.
+    let values = value.split(',').count();
+    if values > MAX_VALUES_PER_PARAMETER {
+        return Err(QueryError::TooLarge(format!(
+            "search parameter '{name}' has {values} values; at most {MAX_VALUES_PER_PARAMETER} \
+             comma-separated values are accepted per parameter (split the search)"
+        )));
+    }
+    if value.split(',').any(|v| v.len() > MAX_VALUE_BYTES) {
+        return Err(QueryError::TooLarge(format!(
+            "a value of search parameter '{name}' is longer than {MAX_VALUE_BYTES} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// Splits on commas not escaped with a backslash, and unescapes `\,` `\|` `\$` `\\`.
@@ -246,6 +299,7 @@ impl Query {
     ) -> Result<Query, QueryError> {
         let mut q = Query::default();
         for (name, value) in pairs {
+            check_pair(name, value)?;
             if value.is_empty() {
                 // A parameter with an empty value is ignored, as the spec says.
                 continue;
@@ -369,7 +423,27 @@ impl Query {
                 },
             }
         }
+        q.check_size()?;
         Ok(q)
+    }
+
+    fn check_size(&self) -> Result<(), QueryError> {
+        let too = |what: &str, n: usize, max: usize| {
+            Err(QueryError::TooLarge(format!(
+                "the search has {n} {what}; at most {max} are accepted"
+            )))
+        };
+        if self.filters.len() > MAX_FILTERS {
+            return too("filter parameters", self.filters.len(), MAX_FILTERS);
+        }
+        let includes = self.include.len() + self.revinclude.len();
+        if includes > MAX_INCLUDES {
+            return too("_include/_revinclude parameters", includes, MAX_INCLUDES);
+        }
+        if self.sort.len() > MAX_SORT_KEYS {
+            return too("_sort keys", self.sort.len(), MAX_SORT_KEYS);
+        }
+        Ok(())
     }
 
     pub fn page_size(&self) -> usize {
@@ -507,7 +581,9 @@ fn parse_filter(
                 let number = parts.next().unwrap_or_default();
                 let value: f64 = number
                     .parse()
-                    .map_err(|_| bad(name, v, "expected a number[|system|code]"))?;
+                    .ok()
+                    .filter(|n: &f64| n.is_finite())
+                    .ok_or_else(|| bad(name, v, "expected a number[|system|code]"))?;
                 let system = parts.next().filter(|s| !s.is_empty()).map(str::to_string);
                 let code = parts.next().filter(|s| !s.is_empty()).map(str::to_string);
                 out.push(QuantityValue {
@@ -577,5 +653,50 @@ mod tests {
         assert!(Query::parse(&sp, "Patient", &pairs("_count=many"), false).is_err());
         assert!(Query::parse(&sp, "Patient", &pairs("gender:missing=maybe"), false).is_err());
         assert!(Query::parse(&sp, "Patient", &pairs("family:fuzzy=x"), false).is_err());
+    }
+
+    #[test]
+    fn refuses_nul_and_oversized_queries() {
+        let sp = SearchParams::shipped().expect("load");
+        let one = |k: &str, v: String| vec![(k.to_string(), v)];
+        let parse = |p: Vec<(String, String)>| Query::parse(&sp, "Patient", &p, false);
+        assert!(matches!(
+            parse(one("family", "a\0b".into())),
+            Err(QueryError::BadValue(_))
+        ));
+        assert!(matches!(
+            parse(one("fam\0ily", "x".into())),
+            Err(QueryError::BadValue(_))
+        ));
+        let ids = |n: usize| {
+            (0..n)
+                .map(|i| format!("id{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        parse(one("_id", ids(MAX_VALUES_PER_PARAMETER))).expect("at the cap");
+        assert!(matches!(
+            parse(one("_id", ids(500))),
+            Err(QueryError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse(one("family", "x".repeat(MAX_VALUE_BYTES + 1))),
+            Err(QueryError::TooLarge(_))
+        ));
+        let many: Vec<(String, String)> = (0..=MAX_FILTERS)
+            .map(|i| ("family".to_string(), format!("n{i}")))
+            .collect();
+        assert!(matches!(parse(many), Err(QueryError::TooLarge(_))));
+        assert!(
+            parse(one("value-quantity", "1e400".into())).is_ok(),
+            "Patient has no value-quantity: ignored"
+        );
+        let obs = Query::parse(
+            &sp,
+            "Observation",
+            &one("value-quantity", "1e400".into()),
+            false,
+        );
+        assert!(matches!(obs, Err(QueryError::BadValue(_))));
     }
 }

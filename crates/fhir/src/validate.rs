@@ -50,6 +50,53 @@ pub enum ValidationError {
     /// The resource does not conform (422), with every issue found.
     #[error("the resource is not valid: {} issue(s)", .0.len())]
     Invalid(Vec<Issue>),
+    /// Valid JSON that no backend can store: a NUL character (U+0000) in a string or a name
+    /// (PostgreSQL text cannot hold it). 400, at the path given.
+    #[error("{0}")]
+    Unstorable(String),
+}
+
+/// The path of the first string or member name holding a NUL character (U+0000), if any.
+fn nul_path(v: &Value, path: &mut String) -> Option<String> {
+    match v {
+        Value::String(s) if s.contains('\0') => Some(path.clone()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let found = nul_path(item, path);
+            path.truncate(len);
+            found
+        }),
+        Value::Object(m) => m.iter().find_map(|(k, item)| {
+            if k.contains('\0') {
+                return Some(path.clone());
+            }
+            let len = path.len();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(k);
+            let found = nul_path(item, path);
+            path.truncate(len);
+            found
+        }),
+        _ => None,
+    }
+}
+
+/// Refuses JSON holding a NUL character anywhere.
+pub fn check_no_nul(v: &Value) -> Result<(), ValidationError> {
+    match nul_path(v, &mut String::new()) {
+        None => Ok(()),
+        Some(p) => Err(ValidationError::Unstorable(format!(
+            "the body contains a NUL character (U+0000) at {}; it is never valid in FHIR",
+            if p.is_empty() {
+                "its top level"
+            } else {
+                p.as_str()
+            }
+        ))),
+    }
 }
 
 /// Parses a request body as a JSON object.
@@ -61,12 +108,15 @@ pub fn parse_json(body: &[u8]) -> Result<Value, ValidationError> {
             "a FHIR resource is a JSON object".into(),
         ));
     }
+    check_no_nul(&v)?;
     Ok(v)
 }
 
 /// Validates `resource` as a resource of `expected_type` (which the caller has checked is held
 /// here). On success the value is untouched: the caller stores exactly these bytes plus `meta`.
 pub fn validate(expected: &ResourceKind, resource: &Value) -> Result<(), ValidationError> {
+    // Bodies that did not come through `parse_json` (a patched resource, a bundle entry).
+    check_no_nul(resource)?;
     let found = resource.get("resourceType").and_then(Value::as_str);
     match found {
         None => {
@@ -275,6 +325,25 @@ mod tests {
             "name": [{"family": "Smith", "given": ["Ann"]}], "birthDate": "1940-01-02",
             "extension": [{"url": "http://example.org/x", "valueString": "y"}]});
         validate(patient(), &p).expect("valid");
+    }
+
+    #[test]
+    fn refuses_nul_anywhere_with_its_path() {
+        for (body, path) in [
+            (r#"{"resourceType":"Patient","id":"a\u0000"}"#, "id"),
+            (
+                r#"{"resourceType":"Patient","name":[{"given":["x","\u0000"]}]}"#,
+                "name[0].given[1]",
+            ),
+            (r#"{"resourceType":"Patient","x\u0000":1}"#, "its top level"),
+        ] {
+            let Err(ValidationError::Unstorable(m)) = parse_json(body.as_bytes()) else {
+                panic!("{body} should be refused")
+            };
+            assert!(m.contains(path), "{m}");
+        }
+        parse_json(br#"{"resourceType":"Patient","id":"a\u0001"}"#)
+            .expect("other controls pass here");
     }
 
     #[test]

@@ -312,10 +312,32 @@ pub fn search(
     };
     let events = rows
         .into_iter()
-        .map(|r| epaccs_access::audit::render_stored(&r.id, r.recorded, &r.content))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::Internal)?;
+        .map(|r| {
+            epaccs_access::audit::render_stored(&r.id, r.recorded, &r.content).unwrap_or_else(|e| {
+                // A row nobody can read was not written by the service: say so, and keep
+                // the rest of the trail searchable.
+                tracing::error!(id = %r.id, error = %e, "audit record cannot be read");
+                damaged(&r.id, r.recorded)
+            })
+        })
+        .collect();
     Ok((events, next))
+}
+
+/// The AuditEvent shown for a stored record that cannot be read: its id and time, a failure
+/// outcome and a note that it is damaged.
+fn damaged(id: &str, recorded: i64) -> String {
+    serde_json::json!({
+        "resourceType": "AuditEvent",
+        "id": id,
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "recorded": epaccs_fhir::date::format_instant(recorded),
+        "outcome": "8",
+        "outcomeDesc": "this audit record is damaged and cannot be read; it was not written as stored by this service",
+        "agent": [{"requestor": false, "who": {"display": "unknown"}}],
+        "source": {"observer": {"display": "epaccs"}}
+    })
+    .to_string()
 }
 
 #[cfg(test)]

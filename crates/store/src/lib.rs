@@ -134,6 +134,22 @@ impl From<diesel::result::Error> for StoreError {
             Error::DatabaseError(_, info) if info.message().contains("database is locked") => {
                 StoreError::Unavailable("the database is busy".into())
             }
+            // Backstops for input the API should have refused already: a NUL character
+            // (PostgreSQL text cannot hold one) or a search too large for SQLite's parser.
+            // Bad input is a 400, never a 500.
+            Error::DatabaseError(_, info)
+                if info.message().contains("0x00")
+                    || info.message().contains("Expression tree is too large")
+                    || info.message().contains("too many SQL variables")
+                    || info.message().contains("pattern too complex") =>
+            {
+                tracing::warn!(error = %e, "database refused the request's values");
+                StoreError::BadRequest(
+                    "the request holds a value or a search the database cannot take (a NUL \
+                     character, or too many values)"
+                        .into(),
+                )
+            }
             _ => {
                 tracing::error!(error = %e, "database error");
                 StoreError::Internal("database error".into())

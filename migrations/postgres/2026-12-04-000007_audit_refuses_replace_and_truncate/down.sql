@@ -1,0 +1,3 @@
+DROP TRIGGER audit_patient_recent_no_truncate ON audit_patient_recent;
+DROP TRIGGER audit_patient_no_truncate ON audit_patient;
+DROP TRIGGER audit_event_no_truncate ON audit_event;

@@ -1,0 +1,2 @@
+DROP TRIGGER audit_patient_recent_no_replace;
+DROP TRIGGER audit_event_no_replace;
