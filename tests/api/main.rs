@@ -10,6 +10,7 @@ mod clinical;
 mod emergency;
 mod examples;
 mod notify;
+mod page;
 mod rest;
 mod safety;
 mod search;
