@@ -366,7 +366,10 @@ async fn page_states_each_cpr_decision(b: Backend) {
             "Produced at",
         ],
     );
-    lacks(&text, &["FOR ATTEMPTED", "CONFLICT", "DECEASED", "BREAK-GLASS"]);
+    lacks(
+        &text,
+        &["FOR ATTEMPTED", "CONFLICT", "DECEASED", "BREAK-GLASS"],
+    );
     // The order a crew needs: identity, banner, CPR, then the rest.
     let at = |s: &str| text.find(s).unwrap_or_else(|| panic!("{s} missing"));
     assert!(at("NHS number") < at("REVIEW OVERDUE"));
@@ -393,7 +396,10 @@ async fn page_states_each_cpr_decision(b: Backend) {
     let text = browser.open(&app.base, &path_for(2), "for-cpr").await;
     has(
         &text,
-        &["Alex Jones", "FOR ATTEMPTED CPR (cardiopulmonary resuscitation): decided 2 Mar 2026 by Dr A Smith"],
+        &[
+            "Alex Jones",
+            "FOR ATTEMPTED CPR (cardiopulmonary resuscitation): decided 2 Mar 2026 by Dr A Smith",
+        ],
     );
     lacks(&text, &["NOT FOR", "REVIEW OVERDUE"]);
     browser.cpr_on_first_screen().await;
@@ -403,7 +409,10 @@ async fn page_states_each_cpr_decision(b: Backend) {
     let text = browser.open(&app.base, &path_for(3), "no-decision").await;
     has(
         &text,
-        &["Alex Brown", "No CPR decision recorded: follow usual resuscitation guidance"],
+        &[
+            "Alex Brown",
+            "No CPR decision recorded: follow usual resuscitation guidance",
+        ],
     );
     lacks(&text, &["NOT FOR", "FOR ATTEMPTED"]);
     browser.cpr_on_first_screen().await;
@@ -492,7 +501,8 @@ async fn page_answers_that_are_not_a_record(b: Backend) {
     }
     let crew = app.client("nhs111", "NHS11", "urgent-care").await;
     browser.token(&crew).await;
-    let q = "/Patient/$emergency-summary?family=twin&birthdate=1941-05-06&address-postalcode=ls1%204ap";
+    let q =
+        "/Patient/$emergency-summary?family=twin&birthdate=1941-05-06&address-postalcode=ls1%204ap";
     let json = crew.get(q).await;
     assert_eq!(json.status, 422);
     let page = crew.send(reqwest::Method::GET, q, None, &html).await;
@@ -605,9 +615,7 @@ async fn page_is_the_same_answer_as_the_bundle(b: Backend) {
         Some("application/json, text/html;q=0.5"),
     ] {
         let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
-        let r = crew
-            .send(reqwest::Method::GET, &path, None, &headers)
-            .await;
+        let r = crew.send(reqwest::Method::GET, &path, None, &headers).await;
         assert_eq!(r.status, 200, "{accept:?}");
         assert_eq!(r.body["resourceType"], "Bundle", "{accept:?}");
         assert_eq!(r.body["type"], "document", "{accept:?}");

@@ -71,8 +71,11 @@ pub fn wants_html(req: &HttpRequest, pairs: &[(String, String)]) -> bool {
             .unwrap_or(1.0);
         match ty.as_str() {
             "text/html" | "application/xhtml+xml" => html = html.max(q),
-            "application/fhir+json" | "application/json" | "application/fhir+xml"
-            | "application/xml" | "json" => fhir = fhir.max(q),
+            "application/fhir+json"
+            | "application/json"
+            | "application/fhir+xml"
+            | "application/xml"
+            | "json" => fhir = fhir.max(q),
             _ => {}
         }
     }
@@ -104,10 +107,8 @@ pub fn answer(result: Result<String, ApiError>, reader: &Reader) -> HttpResponse
         Err(e) => {
             let mut r = respond(e.status_code(), problem(&e, reader));
             if matches!(e, ApiError::Unavailable(_)) {
-                r.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    header::HeaderValue::from_static("5"),
-                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
             }
             if let ApiError::Internal(m) = &e {
                 tracing::error!(error = %m, "internal error (summary page)");
@@ -326,7 +327,10 @@ fn calls(r: &Value, out: &mut Vec<Call>) {
             Some(u @ ("mobile" | "home" | "work")) => format!("{v} ({u})"),
             _ => v.to_string(),
         };
-        if out.iter().any(|c| c.href.ends_with(&digits) && c.label == label) {
+        if out
+            .iter()
+            .any(|c| c.href.ends_with(&digits) && c.label == label)
+        {
             continue;
         }
         out.push(Call {
@@ -349,6 +353,15 @@ fn calls(r: &Value, out: &mut Vec<Call>) {
             calls(p, out);
         }
     }
+}
+
+/// A section of the record as the page shows it.
+struct Record<'a> {
+    id: String,
+    title: &'a str,
+    paras: Vec<String>,
+    numbers: Vec<Call>,
+    updated: Option<String>,
 }
 
 fn section_code(sec: &Value) -> &str {
@@ -379,8 +392,8 @@ const ORDER: &[&str] = &[
 
 /// The summary page from the document Bundle.
 pub fn summary(doc: &str, reader: &Reader) -> Result<String, ApiError> {
-    let bundle: Value = serde_json::from_str(doc)
-        .map_err(|e| ApiError::Internal(format!("summary page: {e}")))?;
+    let bundle: Value =
+        serde_json::from_str(doc).map_err(|e| ApiError::Internal(format!("summary page: {e}")))?;
     let entries = arr(&bundle["entry"]);
     let composition = &entries
         .first()
@@ -408,7 +421,7 @@ pub fn summary(doc: &str, reader: &Reader) -> Result<String, ApiError> {
         .map(words::nhs_number)
         .unwrap_or_else(|| "not recorded".to_string());
     let died_on = s(&patient["deceasedDateTime"])
-        .and_then(|d| date::parse_range(d))
+        .and_then(date::parse_range)
         .and_then(|r| Utc.timestamp_micros(r.low).single())
         .map(|t| t.with_timezone(&London).date_naive());
     let born = s(&patient["birthDate"]).map(|b| {
@@ -490,7 +503,7 @@ pub fn summary(doc: &str, reader: &Reader) -> Result<String, ApiError> {
         .position(|p| !p.starts_with("This person has died"))
         .unwrap_or(0);
 
-    let records: Vec<(String, &str, Vec<String>, Vec<Call>, Option<String>)> = rest
+    let records: Vec<Record> = rest
         .iter()
         .enumerate()
         .map(|(i, sec)| {
@@ -498,13 +511,13 @@ pub fn summary(doc: &str, reader: &Reader) -> Result<String, ApiError> {
             for r in resources_of(sec) {
                 calls(r, &mut numbers);
             }
-            (
-                format!("s{i}"),
-                s(&sec["title"]).unwrap_or("Section"),
-                text_of(sec),
+            Record {
+                id: format!("s{i}"),
+                title: s(&sec["title"]).unwrap_or("Section"),
+                paras: text_of(sec),
                 numbers,
-                updated(sec),
-            )
+                updated: updated(sec),
+            }
         })
         .collect();
     let main = html! {
@@ -557,18 +570,18 @@ pub fn summary(doc: &str, reader: &Reader) -> Result<String, ApiError> {
             }
             @if let Some(when) = cpr.and_then(updated) { p class="updated" { (when) } }
         }
-        @for (id, title, paras, numbers, when) in &records {
-            section class="record" aria-labelledby=(id) {
-                h2 id=(id) { (title) }
-                @for p in paras { (paragraph(p)) }
-                @if !numbers.is_empty() {
+        @for r in &records {
+            section class="record" aria-labelledby=(r.id) {
+                h2 id=(r.id) { (r.title) }
+                @for p in &r.paras { (paragraph(p)) }
+                @if !r.numbers.is_empty() {
                     ul class="calls" {
-                        @for c in numbers {
+                        @for c in &r.numbers {
                             li { a href=(c.href) { "Call " (c.label) ": " (c.number) } }
                         }
                     }
                 }
-                @if let Some(when) = when { p class="updated" { (when) } }
+                @if let Some(when) = &r.updated { p class="updated" { (when) } }
             }
         }
     };
@@ -691,7 +704,9 @@ mod tests {
     #[test]
     fn an_unavailable_answer_says_what_to_do() {
         let r = answer(
-            Err(ApiError::Unavailable("the database is not answering".into())),
+            Err(ApiError::Unavailable(
+                "the database is not answering".into(),
+            )),
             &Reader {
                 break_glass: None,
                 may_break_glass: true,
