@@ -563,7 +563,8 @@ pub fn summary(doc: &str, reader: &Reader) -> Result<String, ApiError> {
             }
             @for (i, p) in cpr_paras.iter().enumerate() {
                 @if i == decision_at {
-                    p class="cpr-line" id="cpr-line" { (p) }
+                    // After death the decision is history, not an instruction: not in large text.
+                    p class=(if deceased.is_some() { "cpr-line cpr-past" } else { "cpr-line" }) id="cpr-line" { (p) }
                 } @else {
                     (paragraph(p))
                 }
