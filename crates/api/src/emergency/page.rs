@@ -212,10 +212,15 @@ fn name(v: &Value) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(" "))
 }
 
+/// A CodeableConcept in the summary's own words (text, display, or the words for a code it
+/// knows).
 fn concept(c: &Value) -> Option<String> {
-    s(&c["text"])
-        .or_else(|| arr(&c["coding"]).iter().find_map(|x| s(&x["display"])))
-        .map(str::to_string)
+    if c.is_null() {
+        return None;
+    }
+    let json = c.to_string();
+    let codes: super::view::Codes = serde_json::from_str(&json).ok()?;
+    words::concept(&codes)
 }
 
 fn address(p: &Value) -> Option<String> {
@@ -564,7 +569,15 @@ pub fn summary(doc: &str, reader: &Reader) -> Result<String, ApiError> {
             @for (i, p) in cpr_paras.iter().enumerate() {
                 @if i == decision_at {
                     // After death the decision is history, not an instruction: not in large text.
-                    p class=(if deceased.is_some() { "cpr-line cpr-past" } else { "cpr-line" }) id="cpr-line" { (p) }
+                    p class=(if deceased.is_some() { "cpr-line cpr-past" } else { "cpr-line" }) id="cpr-line" {
+                        // The decision in large capitals; who, when and the review after it.
+                        @if let Some(at) = heading(p) {
+                            strong class="cpr-decision" { (&p[..at]) ":" } " "
+                            span class="cpr-detail" { (&p[at + 2..]) }
+                        } @else {
+                            (p)
+                        }
+                    }
                 } @else {
                     (paragraph(p))
                 }
