@@ -78,7 +78,24 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// A test that failed never closed its session: its Chromium (found by this browser's own
+    /// profile folder, by process id) is ended with its chromedriver, never left behind.
     fn drop(&mut self) {
+        if self.client.is_some() {
+            let mark = format!("--user-data-dir={}", self._profile.path().display());
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline)
+                    .split('\0')
+                    .any(|a| a == mark)
+                {
+                    let _ = Command::new("kill").arg(pid.to_string()).status();
+                }
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
