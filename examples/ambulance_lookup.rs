@@ -1,4 +1,6 @@
-//! An ambulance crew's look-up: the emergency summary for a person, printed for a tablet.
+//! An ambulance crew's look-up: the emergency summary for a person, printed for a tablet: the
+//! CPR decision in words (DECEASED or CONFLICT first when they apply), the numbers to call, then
+//! each section.
 //!
 //! ```sh
 //! cargo run --release --example ambulance_lookup -- --url http://127.0.0.1:8080 \
@@ -31,6 +33,21 @@ fn text(div: &str) -> String {
         }
     }
     out
+}
+
+/// A narrative's paragraphs, as text.
+fn paragraphs(div: &str) -> Vec<String> {
+    div.split("</p>")
+        .map(|p| {
+            text(p)
+                .replace("&amp;", "&")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+        })
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 #[tokio::main]
@@ -80,24 +97,85 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or("refused")
         );
     }
-    let patient = &body["entry"][1]["resource"];
-    println!(
-        "{} {}  born {}  NHS {}",
-        patient["name"][0]["given"][0].as_str().unwrap_or(""),
-        patient["name"][0]["family"].as_str().unwrap_or(""),
-        patient["birthDate"].as_str().unwrap_or("?"),
-        patient["identifier"][0]["value"].as_str().unwrap_or("?")
-    );
-    for s in body["entry"][0]["resource"]["section"]
+    let entries = body["entry"].as_array().cloned().unwrap_or_default();
+    let composition = &body["entry"][0]["resource"];
+    let sections: Vec<&Value> = composition["section"]
         .as_array()
         .into_iter()
         .flatten()
-    {
-        println!(
-            "\n== {}\n   {}",
-            s["title"].as_str().unwrap_or(""),
-            text(s["text"]["div"].as_str().unwrap_or(""))
-        );
+        .collect();
+    let code = |s: &Value| {
+        s["code"]["coding"][0]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    // The top line says who, the CPR decision, and DECEASED or CONFLICT first when they apply.
+    println!(
+        "{}",
+        text(composition["text"]["div"].as_str().unwrap_or(""))
+    );
+    for s in &sections {
+        if code(s) == "deceased" || code(s) == "cpr-decision" {
+            println!("\n== {}", s["title"].as_str().unwrap_or(""));
+            for p in paragraphs(s["text"]["div"].as_str().unwrap_or("")) {
+                println!("   {p}");
+            }
+        }
     }
+    // The numbers to call, with who they reach.
+    println!("\n== Numbers to call");
+    let mut any = false;
+    for e in &entries {
+        let r = &e["resource"];
+        if !matches!(
+            r["resourceType"].as_str(),
+            Some("RelatedPerson" | "CareTeam")
+        ) {
+            continue;
+        }
+        let who = r["name"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| {
+                let n = &r["name"][0];
+                let given: Vec<&str> = n["given"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                n["family"]
+                    .as_str()
+                    .map(|f| format!("{} {f}", given.join(" ")).trim().to_string())
+            })
+            .unwrap_or_else(|| "Contact".into());
+        let role = r["relationship"][0]["text"]
+            .as_str()
+            .or(r["relationship"][0]["coding"][0]["display"].as_str())
+            .map(|x| format!(" ({x})"))
+            .unwrap_or_default();
+        for t in r["telecom"].as_array().into_iter().flatten() {
+            if matches!(t["system"].as_str(), None | Some("phone") | Some("sms")) {
+                if let Some(v) = t["value"].as_str() {
+                    any = true;
+                    println!("   {who}{role}: {v}");
+                }
+            }
+        }
+    }
+    if !any {
+        println!("   none recorded");
+    }
+    // Everything else the summary states, section by section, in words.
+    for s in &sections {
+        if code(s) != "deceased" && code(s) != "cpr-decision" {
+            println!("\n== {}", s["title"].as_str().unwrap_or(""));
+            for p in paragraphs(s["text"]["div"].as_str().unwrap_or("")) {
+                println!("   {p}");
+            }
+        }
+    }
+    println!("\nThe same answer as a page (for a web view): add Accept: text/html.");
     Ok(())
 }

@@ -11,6 +11,7 @@ mod emergency;
 mod examples;
 mod leaks;
 mod notify;
+mod page;
 mod rest;
 mod robustness;
 mod safety;

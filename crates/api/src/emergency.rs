@@ -25,6 +25,7 @@
 //! - No database round trip beyond the Patient and its compartment; text is built with plain
 //!   string building.
 
+mod page;
 mod view;
 mod words;
 
@@ -1784,6 +1785,9 @@ pub async fn summary(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let pairs = query_pairs(req.query_string());
+    // The page is the same answer (same look-up, sharing decision and audit record), rendered
+    // from the same document Bundle.
+    let as_page = page::wants_html(&req, &pairs);
     let doc = caller
         .audited(&state, "operation", Some("Patient"), async {
             caller.require("Patient", Interaction::Read)?;
@@ -1829,7 +1833,12 @@ pub async fn summary(
             let (items, _) = store.compartment(gate, one, SUMMARY_TYPES).await.map_err(not_found)?;
             build_document(&state.base_url, &patient, &items)
         })
-        .await?;
+        .await;
+    if as_page {
+        let reader = page::Reader::of(caller.principal(), caller.gate.may_know_withheld());
+        return Ok(page::answer(doc, &reader));
+    }
+    let doc = doc?;
     Ok(HttpResponse::Ok()
         .content_type(respond::FHIR_JSON_UTF8)
         .body(doc))

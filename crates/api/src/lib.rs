@@ -209,8 +209,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(not_found));
 }
 
-/// Rewrites any error response that is not already FHIR or OAuth JSON into an
-/// OperationOutcome, so clients never see a plain-text framework error.
+/// Rewrites any error response that is not already FHIR or OAuth JSON, or one of the service's
+/// own pages (the emergency summary's answers as HTML), into an OperationOutcome, so clients
+/// never see a plain-text framework error.
 fn outcome_for_foreign_errors<B>(
     res: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
@@ -219,7 +220,10 @@ fn outcome_for_foreign_errors<B>(
         .get(header::CONTENT_TYPE)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if ctype.starts_with("application/fhir+json") || ctype.starts_with("application/json") {
+    if ctype.starts_with("application/fhir+json")
+        || ctype.starts_with("application/json")
+        || ctype.starts_with("text/html")
+    {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();
