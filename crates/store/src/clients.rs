@@ -31,7 +31,25 @@ pub struct Client {
 const CLIENT_COLUMNS: &str = "client_id, org, role, scopes, jwks, jwks_url, revoked, created";
 
 /// Registers a client, or replaces the registration of the same id (re-keying un-revokes).
+///
+/// Tokens carry the registration's `created` time and are refused once the client is registered
+/// again: a token never keeps a role, organisation or scopes the client no longer has. A
+/// registration that changes none of those (a new key, say) keeps its time, so the tokens
+/// already issued, which grant exactly what the new registration grants, stay valid until they
+/// expire; to end them, revoke the client.
 pub fn register(conn: &mut DbConn, c: &Client) -> Result<(), StoreError> {
+    let mut c = c.clone();
+    if let Some(old) = get(conn, &c.client_id)? {
+        let same_authority = old.org == c.org
+            && old.role == c.role
+            && old.scopes == c.scopes
+            && !old.revoked
+            && !c.revoked;
+        if same_authority {
+            c.created = old.created;
+        }
+    }
+    let c = &c;
     let mut del = Sql::new("DELETE FROM client WHERE client_id = ");
     del.text(c.client_id.clone());
     execute(conn, &del)?;
