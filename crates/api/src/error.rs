@@ -216,6 +216,7 @@ impl From<StoreError> for ApiError {
             // store answers them as if nothing were there.
             StoreError::Withheld { .. } => ApiError::Withheld(WITHHELD.into()),
             StoreError::Forbidden { .. } => ApiError::Forbidden(REFUSED.into()),
+            StoreError::NotOwner(m) => ApiError::Forbidden(m),
             StoreError::PreconditionFailed(m) => ApiError::PreconditionFailed(m),
             StoreError::PreconditionRequired(m) => ApiError::PreconditionRequired(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),

@@ -130,13 +130,10 @@ pub(crate) fn check_change(
         )));
     }
     if amendment.is_none() {
-        return Err(StoreError::Forbidden {
-            reveal: true,
-            reason: format!(
+        return Err(StoreError::NotOwner(format!(
                 "this {what} was recorded by organisation {author}: another organisation may amend it only with a reason, given as a Provenance (activity, reason, agent) targeting {ty}/{} in the same transaction Bundle",
                 current.id
-            ),
-        });
+        )));
     }
     Ok(true)
 }

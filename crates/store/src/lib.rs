@@ -96,6 +96,10 @@ pub enum StoreError {
     Forbidden { reveal: bool, reason: String },
     #[error("{0}")]
     PreconditionFailed(String),
+    /// A change to a decision another organisation owns, without the amendment it needs (403).
+    /// The caller may read the resource, so the message says what is needed.
+    #[error("{0}")]
+    NotOwner(String),
     /// A change that needs `If-Match` (428).
     #[error("{0}")]
     PreconditionRequired(String),
